@@ -1,0 +1,1 @@
+"""modelfleet core: catalog, settings, stores and the plain logic the shells wrap."""

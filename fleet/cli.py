@@ -1,0 +1,209 @@
+"""The ``fleet`` command line: a thin shell over the flows and the core functions.
+
+Heavy libraries (prefect, mlflow, great_expectations, sklearn) are imported inside
+the commands so ``fleet --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleet.settings import Settings, get_settings, prepare_environment
+
+app = typer.Typer(
+    help="modelfleet: a fleet of small models, trained, validated and registered by Prefect flows.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks: measured figures and ratios, JSON + markdown.")
+app.add_typer(bench_app, name="bench")
+console = Console()
+
+DateOption = Annotated[
+    str | None, typer.Option(help="ISO date, e.g. 2013-03-04", show_default=False)
+]
+
+
+def _date(value: str | None, flag: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        message = f"{value!r} is not an ISO date (YYYY-MM-DD)"
+        raise typer.BadParameter(message, param_hint=flag) from None
+
+
+def _setup() -> Settings:
+    settings = get_settings()
+    prepare_environment(settings)
+    return settings
+
+
+def _fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.command()
+def etl(
+    start: DateOption = None,
+    end: DateOption = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="dataset(s) to build; default: all")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="rebuild partitions that already exist")] = False,
+) -> None:
+    """Extract, transform, validate and load daily partitions (idempotent, incremental)."""
+    settings = _setup()
+    from fleet.validation import ValidationFailed
+    from flows.etl import etl_flow
+
+    try:
+        report = etl_flow(
+            start=_date(start, "--start"),
+            end=_date(end, "--end"),
+            datasets=dataset,
+            force=force,
+        )
+    except ValidationFailed as exc:
+        _fail(str(exc))
+    console.print(report.summary())
+    console.print(f"lake: {settings.lake_dir}")
+
+
+@app.command()
+def validate(
+    dataset: Annotated[str, typer.Argument(help="dataset whose suite applies")],
+    file: Annotated[Path, typer.Option("--file", help="incoming Parquet or CSV file")],
+) -> None:
+    """Validate an incoming file against the dataset's suite; quarantine it if it fails."""
+    settings = _setup()
+    from fleet.catalog import get_dataset
+    from fleet.validation import load_batch_file, quarantine_batch, validate_batch
+
+    try:
+        spec = get_dataset(dataset)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    if not file.exists():
+        _fail(f"no such file: {file}", code=2)
+    frame = load_batch_file(file)
+    outcome = validate_batch(settings, spec, frame, batch=f"file-{file.stem}")
+    if outcome.success:
+        console.print(f"[green]passed[/]: {file} ({len(frame)} rows) meets suite {dataset!r}")
+        console.print(f"Data Docs: {outcome.data_docs}")
+        return
+    where = quarantine_batch(settings, outcome, frame)
+    console.print(f"[bold red]failed[/]: {file} does not meet suite {dataset!r}")
+    for failure in outcome.failures:
+        console.print(f"  - {failure}")
+    console.print(f"quarantined to: {where}")
+    console.print(f"Data Docs: {outcome.data_docs}")
+    raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    model: Annotated[str | None, typer.Argument(help="model name from the catalog")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="train every model")] = False,
+    until: DateOption = None,
+) -> None:
+    """ETL -> GX gate -> train -> evaluate -> register -> promote, per model."""
+    if (model is None) == (not all_models):
+        _fail("name one MODEL or pass --all", code=2)
+    settings = _setup()
+    from fleet.catalog import MODELS, get_model
+    from flows.train import train_fleet_flow
+
+    names = list(MODELS) if all_models else [model]
+    try:
+        for name in names:
+            get_model(name)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    results = train_fleet_flow(models=names, until=_date(until, "--until"))
+    table = Table(title="training")
+    for column in ("model", "status", "version", "metric", "candidate", "champion before", "after"):
+        table.add_column(column)
+    for r in results:
+        colour = {"promoted": "green", "kept": "yellow"}.get(r.status, "red")
+        table.add_row(
+            r.model,
+            f"[{colour}]{r.status}[/]",
+            r.version or "-",
+            r.metric,
+            _fmt(r.candidate_score),
+            r.champion_before or "-",
+            r.champion_after or "-",
+        )
+    console.print(table)
+    for r in results:
+        if r.status == "failed":
+            console.print(f"[red]{r.model}[/]: {r.message}")
+    console.print(f"MLflow store: {settings.tracking_uri}")
+    console.print(f"Data Docs: {settings.data_docs_index}")
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def models() -> None:
+    """The catalog with champion version, metric, training window and last decision."""
+    settings = _setup()
+    from fleet.registry import fleet_table
+
+    table = Table(title="fleet")
+    for column in ("model", "task", "champion", "metric", "window", "versions", "last decision"):
+        table.add_column(column)
+    for row in fleet_table(settings):
+        table.add_row(*row.cells())
+    console.print(table)
+    console.print(f"MLflow store: {settings.tracking_uri}")
+
+
+@app.command()
+def rollback(model: Annotated[str, typer.Argument(help="model name from the catalog")]) -> None:
+    """Move @champion back to the previous champion."""
+    settings = _setup()
+    from fleet.catalog import get_model
+    from fleet.registry import RollbackError
+    from fleet.registry import rollback as do_rollback
+
+    try:
+        get_model(model)
+        before, after = do_rollback(settings, model)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    except RollbackError as exc:
+        _fail(str(exc))
+    console.print(f"{model}: @champion moved from version {before} back to version {after}")
+
+
+@bench_app.command("pipeline")
+def bench_pipeline(
+    model: Annotated[str, typer.Option(help="model to time")] = "flight_delay",
+    until: DateOption = "2013-03-04",
+    repeats: Annotated[int, typer.Option(help="timed repetitions of each variant")] = 3,
+) -> None:
+    """Stage times for one model and the Prefect overhead ratio (flow / direct calls)."""
+    settings = _setup()
+    from fleet.bench_pipeline import run_pipeline_bench
+
+    results = run_pipeline_bench(settings, model, _date(until, "--until"), repeats)
+    console.print(results.markdown())
+    console.print(f"results: {results.json_path} and {results.markdown_path}")
+
+
+def main() -> None:
+    app()

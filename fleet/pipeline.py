@@ -1,0 +1,103 @@
+"""One model's lifecycle step, composed from the plain functions: window -> lake ->
+GX gate -> train -> register -> champion gate.
+
+``flows/train.py`` wraps these; the pipeline benchmark calls them directly to measure
+what the orchestration itself costs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from fleet import lake, training
+from fleet.catalog import ModelSpec
+from fleet.settings import Settings
+
+
+@dataclass
+class ModelOutcome:
+    """What training one model ended in: one row of ``fleet train``'s table."""
+
+    model: str
+    status: str  # promoted | kept | failed
+    metric: str
+    version: str | None = None
+    candidate_score: float | None = None
+    champion_before: str | None = None
+    champion_after: str | None = None
+    message: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_until(settings: Settings, spec: ModelSpec) -> date:
+    """The day after the newest partition of the model's dataset in the lake."""
+    present = lake.existing_days(settings.lake_dir, spec.dataset.name)
+    if not present:
+        raise ValueError(
+            f"{spec.name}: the lake has no {spec.dataset.name} partitions; "
+            "run `fleet etl` or pass --until"
+        )
+    return max(present) + timedelta(days=1)
+
+
+def read_window(
+    settings: Settings, spec: ModelSpec, window: training.Window
+) -> tuple[pd.DataFrame, list[Path]]:
+    """The window's rows and the exact partition files they came from."""
+    partitions = training.window_partitions(settings.lake_dir, spec, window)
+    first, last = window.days
+    expected = len(lake.days(first, last))
+    if len(partitions) < expected:
+        raise ValueError(
+            f"{spec.name}: {len(partitions)} of {expected} {spec.dataset.name} partitions "
+            f"present for {first}..{last}; run `fleet etl --start {first} --end {last}`"
+        )
+    return lake.read_partitions(partitions), partitions
+
+
+def gate(
+    settings: Settings, spec: ModelSpec, window: training.Window, frame: pd.DataFrame,
+    partitions: list[Path],
+) -> None:  # fmt: skip
+    """Validate the training window; a failing window leaves the lake for quarantine.
+
+    The partitions move with the validation result, so no later run can train on
+    them; ``fleet etl`` rebuilds them from the source.
+    """
+    from fleet.validation import ValidationFailed, quarantine_batch, validate_batch
+
+    first, last = window.days
+    outcome = validate_batch(settings, spec.dataset, frame, f"train-{spec.name}-{first}_{last}")
+    if not outcome.success:
+        where = quarantine_batch(settings, outcome, frame, source_paths=partitions)
+        raise ValidationFailed(outcome, where)
+
+
+def outcome_of(result: object) -> ModelOutcome:
+    """Summarise a ``registry.TrainResult`` for the table and the flow's return value."""
+    decision = result.decision
+    return ModelOutcome(
+        model=decision.model_name,
+        status="promoted" if decision.promoted else "kept",
+        metric=decision.metric,
+        version=str(decision.version),
+        candidate_score=decision.candidate_score,
+        champion_before=_str(decision.champion_before),
+        champion_after=_str(decision.champion_after),
+        message=decision.reason,
+        timings=dict(result.timings),
+    )
+
+
+def failed(spec: ModelSpec, error: BaseException) -> ModelOutcome:
+    return ModelOutcome(
+        model=spec.name, status="failed", metric=spec.promotion.metric, message=str(error)
+    )
+
+
+def _str(value: int | None) -> str | None:
+    return None if value is None else str(value)

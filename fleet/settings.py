@@ -1,0 +1,105 @@
+"""One settings object for the whole fleet.
+
+Every path derives from one state root (``FLEET_HOME``, default ``./var``). Standard
+variables (``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL``) keep their usual meaning; the
+``FLEET_`` ones switch embedded defaults to their scale-out forms.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Set before any of the libraries is imported; each reads them at import or first use.
+TELEMETRY_OFF = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "BENTOML_DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "GX_ANALYTICS_ENABLED": "false",
+}
+
+
+class Settings(BaseSettings):
+    """Fleet settings from ``FLEET_*`` environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="ignore")
+
+    home: Path = Field(default=Path("var"), description="state root for everything")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias="MLFLOW_TRACKING_URI",
+        description="MLflow tracking/registry store; SQLite under the state root by default",
+    )
+    expectations_dir: Path = Field(
+        default=REPO_ROOT / "expectations", description="the Great Expectations project"
+    )
+    train_workers: int = Field(default=2, ge=1, description="models trained at once by --all")
+
+    @cached_property
+    def root(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def gx_dir(self) -> Path:
+        """Run-time Great Expectations output: validation results and Data Docs."""
+        return self.root / "gx"
+
+    @property
+    def data_docs_index(self) -> Path:
+        return self.gx_dir / "data_docs" / "index.html"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect"
+
+
+def get_settings() -> Settings:
+    return Settings()
+
+
+def prepare_environment(settings: Settings) -> None:
+    """Explicit set-up step: telemetry off, state root created, tools pointed at it.
+
+    Values the user already set win, so a remote Prefect API or MLflow server is a
+    settings change, not a code change.
+    """
+    for key, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(key, value)
+    settings.root.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    # the temporary server's first database migration can take far longer than 20 s
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    os.environ.setdefault("BENTOML_HOME", str(settings.root / "bentoml"))
+    os.environ.setdefault("FLEET_HOME", str(settings.root))

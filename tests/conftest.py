@@ -1,0 +1,53 @@
+"""Shared fixtures: every test gets its own state root; one Prefect test server per run."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fleet.settings import TELEMETRY_OFF, Settings
+
+for _key, _value in TELEMETRY_OFF.items():
+    os.environ.setdefault(_key, _value)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A fresh state root under the test's temporary directory."""
+    home = tmp_path / "fleet-home"
+    monkeypatch.setenv("FLEET_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("BENTOML_HOME", str(home / "bentoml"))
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A real temporary Prefect server with its own PREFECT_HOME, shared by the run."""
+    prefect_home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def flights_q1() -> pd.DataFrame:
+    """Real flights of January to March 2013, transformed by the ETL (shared, read-only)."""
+    from fleet import etl, sources
+
+    raw = sources.load_flights()
+    return etl.transform_flights(raw[raw["month"] <= 3], sources.load_weather())
+
+
+@pytest.fixture(scope="session")
+def reviews_table() -> pd.DataFrame:
+    """All real reviews, transformed by the ETL (shared, read-only)."""
+    from fleet import etl, sources
+
+    return etl.transform_reviews(sources.load_reviews())
