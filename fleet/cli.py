@@ -167,7 +167,20 @@ def models() -> None:
     for column in ("model", "task", "champion", "metric", "window", "versions", "last decision"):
         table.add_column(column)
     for row in fleet_table(settings):
-        table.add_row(*row.cells())
+        if not row.registered:
+            table.add_row(row.model, row.task, "-", row.metric, "-", "0", row.note)
+            continue
+        champion = "-" if row.champion_version is None else f"v{row.champion_version}"
+        decision = f"v{row.last_version} {row.last_decision or '-'}"
+        table.add_row(
+            row.model,
+            row.task,
+            champion,
+            f"{row.metric} {_fmt(row.champion_score)}",
+            row.window or "-",
+            str(row.versions),
+            f"{decision} {row.note}".strip(),
+        )
     console.print(table)
     console.print(f"MLflow store: {settings.tracking_uri}")
 
@@ -177,7 +190,7 @@ def rollback(model: Annotated[str, typer.Argument(help="model name from the cata
     """Move @champion back to the previous champion."""
     settings = _setup()
     from fleet.catalog import get_model
-    from fleet.registry import RollbackError
+    from fleet.registry import RegistryError
     from fleet.registry import rollback as do_rollback
 
     try:
@@ -185,7 +198,7 @@ def rollback(model: Annotated[str, typer.Argument(help="model name from the cata
         before, after = do_rollback(settings, model)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=2)
-    except RollbackError as exc:
+    except RegistryError as exc:
         _fail(str(exc))
     console.print(f"{model}: @champion moved from version {before} back to version {after}")
 
@@ -198,7 +211,7 @@ def bench_pipeline(
 ) -> None:
     """Stage times for one model and the Prefect overhead ratio (flow / direct calls)."""
     settings = _setup()
-    from fleet.bench_pipeline import run_pipeline_bench
+    from bench.pipeline import run_pipeline_bench
 
     results = run_pipeline_bench(settings, model, _date(until, "--until"), repeats)
     console.print(results.markdown())

@@ -60,21 +60,29 @@ def read_window(
 
 
 def gate(
-    settings: Settings, spec: ModelSpec, window: training.Window, frame: pd.DataFrame,
-    partitions: list[Path],
-) -> None:  # fmt: skip
-    """Validate the training window; a failing window leaves the lake for quarantine.
+    settings: Settings, spec: ModelSpec, window: training.Window, partitions: list[Path]
+) -> int:
+    """Validate the window's partitions that have not passed the gate as they are now.
 
-    The partitions move with the validation result, so no later run can train on
-    them; ``fleet etl`` rebuilds them from the source.
+    Partitions loaded by the ETL passed as part of their batch; one rewritten since
+    (or never validated) is checked on its own, so a bad week cannot hide inside a
+    long window. Failing partitions leave the lake for quarantine with the result;
+    ``fleet etl`` rebuilds them from the source. Returns how many were validated.
     """
     from fleet.validation import ValidationFailed, quarantine_batch, validate_batch
 
+    name = spec.dataset.name
+    pending = lake.unvalidated(settings.lake_dir, name, partitions)
+    if not pending:
+        return 0
+    frame = lake.read_partitions(pending)
     first, last = window.days
     outcome = validate_batch(settings, spec.dataset, frame, f"train-{spec.name}-{first}_{last}")
     if not outcome.success:
-        where = quarantine_batch(settings, outcome, frame, source_paths=partitions)
+        where = quarantine_batch(settings, outcome, frame, source_paths=pending)
         raise ValidationFailed(outcome, where)
+    lake.mark_validated(settings.lake_dir, name, pending)
+    return len(pending)
 
 
 def outcome_of(result: object) -> ModelOutcome:

@@ -581,12 +581,17 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
 
 
 def train_and_promote(
-    settings: Settings, spec: ModelSpec, until: date, frame: pd.DataFrame | None = None
+    settings: Settings,
+    spec: ModelSpec,
+    until: date,
+    frame: pd.DataFrame | None = None,
+    threads: int = 1,
 ) -> TrainResult:
     """Window -> lake partitions -> fit -> evaluate -> log + register -> champion gate.
 
     ``frame`` may carry the window's rows already read (the partitions are still listed
-    for the lineage digest); otherwise they are read from the lake.
+    for the lineage digest); otherwise they are read from the lake. ``threads`` caps
+    OpenMP/BLAS threads while fitting (see ``training.limit_threads``).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -613,7 +618,7 @@ def train_and_promote(
     if len(X_hold) == 0:
         raise RegistryError(f"{spec.name}: no labelled rows in the holdout of {window}")
     lap("read")
-    model = training.fit(spec, X_train, y_train)
+    model = training.fit(spec, X_train, y_train, threads=threads)
     lap("fit")
     metrics = training.score(spec, model, X_hold, y_hold)
     baseline = training.baseline_score(spec, y_train, X_hold, y_hold)

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
         default=REPO_ROOT / "expectations", description="the Great Expectations project"
     )
     train_workers: int = Field(default=2, ge=1, description="models trained at once by --all")
+    serve_host: str = Field(default="127.0.0.1", description="address services bind to")
+    gateway_port: int = Field(default=3000, description="gateway port")
+    model_port_base: int = Field(default=3001, description="first model port, catalog order")
+    results_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the gateway's result store"
+    )
+    model_timeout_s: float = Field(default=2.0, gt=0, description="gateway -> model timeout")
+    max_batch_records: int = Field(default=1000, ge=1, description="largest batch request")
 
     @cached_property
     def root(self) -> Path:
@@ -78,6 +86,15 @@ class Settings(BaseSettings):
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    @property
+    def serving_dir(self) -> Path:
+        """Pid files, service logs and the gateway's default result store."""
+        return self.root / "serving"
+
+    @property
+    def results_db_url(self) -> str:
+        return self.results_url or f"sqlite:///{self.serving_dir / 'results.db'}"
 
     @property
     def prefect_home(self) -> Path:

@@ -146,7 +146,21 @@ def training_frame(spec: ModelSpec, frame: pd.DataFrame) -> tuple[pd.DataFrame, 
     return X, y
 
 
-def fit(spec: ModelSpec, X: pd.DataFrame, y: pd.Series) -> Any:
+def limit_threads(threads: int) -> Any:
+    """Cap OpenMP/BLAS threads in a block.
+
+    Measured on the 2-core target: two processes fitting the booster at once took 3-9 s
+    per fit (single-row predictions 20-240 ms) with OpenMP's default of one thread per
+    core, as spinning threads fight for the cores; with one thread each, 1.1 s (11 ms).
+    Alone, two threads gain only ~0.2 s. Training runs next to other models, servers and
+    tests, so one thread is the default.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=threads)
+
+
+def fit(spec: ModelSpec, X: pd.DataFrame, y: pd.Series, threads: int = 1) -> Any:
     """A fresh pipeline from the spec's estimator factory, fitted on (X, y)."""
     if len(X) == 0:
         raise ValueError(f"{spec.name}: no labelled rows to train on")
@@ -158,7 +172,8 @@ def fit(spec: ModelSpec, X: pd.DataFrame, y: pd.Series) -> Any:
         # keep such a window out of the lake, so this only guards hand-made frames
         raise ValueError(f"{spec.name}: features {empty} have no values in the training rows")
     model = spec.estimator(spec)
-    model.fit(X, y)
+    with limit_threads(threads):
+        model.fit(X, y)
     return model
 
 
@@ -171,12 +186,19 @@ def positive_index(spec: ModelSpec, model: Any) -> int:
     return classes.index(positive)
 
 
-def score(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+def score(
+    spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series, threads: int = 1
+) -> dict[str, float]:
     """Primary metric (``spec.promotion.metric``) plus a few secondary ones, on (X, y)."""
-    from sklearn import metrics
-
     if len(y) == 0:
         raise ValueError(f"{spec.name}: nothing to score on (no labelled rows)")
+    with limit_threads(threads):
+        return _score(spec, model, X, y)
+
+
+def _score(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    from sklearn import metrics
+
     out: dict[str, float] = {"rows": float(len(y))}
     if spec.task == "regression":
         pred = np.asarray(model.predict(X), dtype=float)
@@ -243,11 +265,22 @@ def evaluation_plot(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series, 
     # the object-oriented API with an explicit Agg canvas: no pyplot, no global backend
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from sklearn import metrics
 
     fig = Figure(figsize=(6, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    with limit_threads(1):
+        _draw(spec, model, X, y, ax)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _draw(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series, ax: Any) -> None:
+    from sklearn import metrics
+
     if spec.task == "regression":
         pred = np.asarray(model.predict(X), dtype=float)
         resid = np.asarray(y, dtype=float) - pred
@@ -269,8 +302,3 @@ def evaluation_plot(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series, 
             y.astype(str), pd.Series(model.predict(X)).astype(str), ax=ax, colorbar=False
         )
         ax.set_title(f"{spec.name}: confusion matrix on holdout")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path

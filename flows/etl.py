@@ -69,7 +69,7 @@ def validate(settings: Settings, name: str, frame: pd.DataFrame, batch: str) -> 
 @task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="load-{name}")
 def load(lake_dir: Path, name: str, partitions: dict[date, pd.DataFrame]) -> list[Path]:
     # writes are atomic per file and a rewrite is identical, so a retry is safe
-    paths = [lake.write_partition(lake_dir, name, d, f) for d, f in sorted(partitions.items())]
+    paths = lake.load_partitions(lake_dir, name, partitions)
     get_run_logger().info("loaded %d partition(s) of %s under %s", len(paths), name, lake_dir)
     return paths
 

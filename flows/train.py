@@ -29,8 +29,11 @@ def train_model(settings: Settings, model: str, until: date) -> ModelOutcome:
     window = training.training_window(spec, until)
     try:
         frame, partitions = pipeline.read_window(settings, spec, window)
-        pipeline.gate(settings, spec, window, frame, partitions)
-        logger.info("%s: window %s passed the gate (%s rows)", model, window, f"{len(frame):,}")
+        checked = pipeline.gate(settings, spec, window, partitions)
+        logger.info(
+            "%s: window %s passed the gate (%d of %d partitions needed validation)",
+            model, window, checked, len(partitions),
+        )  # fmt: skip
         result = pipeline.outcome_of(registry.train_and_promote(settings, spec, until, frame=frame))
     except Exception as exc:  # one model's failure is its row in the table, not the run's end
         logger.error("%s failed: %s", model, exc)

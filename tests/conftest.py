@@ -51,3 +51,40 @@ def reviews_table() -> pd.DataFrame:
     from fleet import etl, sources
 
     return etl.transform_reviews(sources.load_reviews())
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "FLEET_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards.
+
+    Skips (with the reason) when no server answers, unless FLEET_REQUIRE_POSTGRES=1,
+    as in CI, where a missing server is a failure.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        reason = f"no PostgreSQL at {POSTGRES_ADMIN_URL}: {exc.orig}"
+        if os.environ.get("FLEET_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"FLEET_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    name = f"fleet_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'create database "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
+        admin.dispose()
