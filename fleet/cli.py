@@ -6,6 +6,7 @@ the commands so ``fleet --help`` stays fast.
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -130,7 +131,8 @@ def train(
         _fail(str(exc.args[0]), code=2)
     results = train_fleet_flow(models=names, until=_date(until, "--until"))
     table = Table(title="training")
-    for column in ("model", "status", "version", "metric", "candidate", "champion before", "after"):
+    table.add_column("model", no_wrap=True)
+    for column in ("status", "version", "metric", "candidate", "champion before", "after"):
         table.add_column(column)
     for r in results:
         colour = {"promoted": "green", "kept": "yellow"}.get(r.status, "red")
@@ -164,7 +166,8 @@ def models() -> None:
     from fleet.registry import fleet_table
 
     table = Table(title="fleet")
-    for column in ("model", "task", "champion", "metric", "window", "versions", "last decision"):
+    table.add_column("model", no_wrap=True)
+    for column in ("task", "champion", "metric", "window", "versions", "last decision"):
         table.add_column(column)
     for row in fleet_table(settings):
         if not row.registered:
@@ -216,6 +219,124 @@ def bench_pipeline(
     results = run_pipeline_bench(settings, model, _date(until, "--until"), repeats)
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
+
+
+@app.command()
+def serve(
+    topology: Annotated[
+        str, typer.Option(help="micro: a process per model + gateway; mono: one process")
+    ] = "micro",
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated model names; default: all")
+    ] = None,
+    gateway_port: Annotated[
+        int | None, typer.Option(help="gateway port [default: FLEET_GATEWAY_PORT or 3000]")
+    ] = None,
+    model_port_base: Annotated[
+        int | None,
+        typer.Option(
+            help="first model port, catalog order [default: FLEET_MODEL_PORT_BASE or 3001]"
+        ),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(help="seconds each component may take to start")
+    ] = 180.0,
+) -> None:
+    """Start the fleet's services (champion versions) and wait until they are healthy."""
+    settings = _setup()
+    updates = {"gateway_port": gateway_port, "model_port_base": model_port_base}
+    settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    from fleet import processes
+    from fleet import topology as topo
+
+    if topology not in topo.TOPOLOGIES:
+        _fail(f"unknown topology {topology!r}; choose one of: {', '.join(topo.TOPOLOGIES)}", 2)
+    try:
+        names = topo.resolve_models(models.split(",") if models else None)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    wanted = set(names) | {topo.GATEWAY} if topology == "micro" else {topo.GATEWAY}
+    already = topo.running(settings)
+    if already:
+        same = {r.name for r in already} == wanted and all(r.topology == topology for r in already)
+        if same and all(processes.is_healthy(r.url) for r in already):
+            console.print(f"the fleet is already running ({topology}); nothing started")
+            _print_components(settings)
+            return
+        running = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
+        _fail(f"already running: {running}; run `fleet stop` first")
+
+    from fleet.registry import champion_info
+
+    missing = [name for name in names if champion_info(settings, name) is None]
+    if missing:
+        hints = "; ".join(f"run `fleet train {name}` first" for name in missing)
+        _fail(f"no @champion yet for {', '.join(missing)}: {hints}")
+    from bentos.store import import_champion
+
+    tags = {name: import_champion(settings, name) for name in names}
+    plan = topo.plan(settings, topology, names, tags)  # type: ignore[arg-type]
+    console.print(f"starting {topology}: {', '.join(plan.names)} ...")
+    try:
+        topo.start_plan(settings, plan, timeout=timeout)
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    _print_components(settings)
+    console.print(f"logs: {processes.logs_dir(settings)}")
+    console.print("stop with `fleet stop`")
+
+
+def _print_components(settings: Settings) -> None:
+    from fleet import processes
+
+    table = Table(title="serving")
+    for column in ("component", "url", "pid", "healthy", "log"):
+        table.add_column(column)
+    for s in processes.status(settings):
+        state = "[green]yes[/]" if s.healthy else ("[red]no[/]" if s.alive else "[red]dead[/]")
+        table.add_row(s.running.name, s.running.url, str(s.running.pid), state, s.running.log)
+    console.print(table)
+
+
+@app.command()
+def stop(
+    grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 15.0,
+) -> None:
+    """Stop exactly what `fleet serve` started (recorded pid files)."""
+    settings = _setup()
+    from fleet import processes
+
+    done = processes.stop_all(settings, grace=grace)
+    if not done:
+        console.print("nothing to stop: no component is recorded as running")
+        return
+    for running, was_alive in done:
+        what = "stopped" if was_alive else "was not running (stale pid file removed)"
+        console.print(f"{running.name} (pid {running.pid}, {running.url}): {what}")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object, nothing else")] = False,
+) -> None:
+    """Running components: url, pid and whether /readyz answers."""
+    settings = _setup()
+    from fleet import processes
+
+    found = processes.status(settings)
+    if as_json:
+        payload = {
+            s.running.name: {"url": s.running.url, "pid": s.running.pid, "healthy": s.healthy}
+            for s in found
+            if s.alive
+        }
+        # plain print: rich would wrap or colour the JSON
+        print(json.dumps(payload))
+        return
+    if not found:
+        console.print("nothing running; start the fleet with `fleet serve`")
+        return
+    _print_components(settings)
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fleet import etl, sources
 from fleet.cli import app
 from fleet.settings import REPO_ROOT, Settings
 from tests.faults import FLIGHT_FAULTS, Fault
@@ -20,10 +19,9 @@ WEEK = [date(2013, 2, d) for d in range(4, 11)]
 
 
 @pytest.fixture(scope="module")
-def week_of_flights() -> pd.DataFrame:
-    raw = sources.load_flights()
-    days = pd.to_datetime(raw[["year", "month", "day"]]).dt.date
-    return etl.transform_flights(raw[days.isin(WEEK)], sources.load_weather())
+def week_of_flights(flights_q1: pd.DataFrame) -> pd.DataFrame:
+    day = flights_q1["scheduled_departure"].dt.date
+    return flights_q1[day.isin(WEEK)].reset_index(drop=True)
 
 
 def test_help_is_fast_and_lists_the_commands() -> None:

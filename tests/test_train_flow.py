@@ -72,4 +72,7 @@ def test_train_gate_quarantine_and_retrain(settings: Settings, prefect_server) -
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "flight_delay" in result.output
-    assert "not trained yet" in " ".join(result.output.split())  # the other two models
+    rows = {row.model: row for row in registry.fleet_table(settings)}
+    assert rows["flight_delay"].champion_version in (1, 2)
+    assert rows["flight_delay"].versions == 2
+    assert not rows["arrival_delay"].registered  # trained only flight_delay
