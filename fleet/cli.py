@@ -120,6 +120,8 @@ def train(
     if (model is None) == (not all_models):
         _fail("name one MODEL or pass --all", code=2)
     settings = _setup()
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     from fleet.catalog import MODELS, get_model
     from flows.train import train_fleet_flow
 
@@ -129,7 +131,9 @@ def train(
             get_model(name)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=2)
-    results = train_fleet_flow(models=names, until=_date(until, "--until"))
+    runner = ThreadPoolTaskRunner(max_workers=settings.train_workers)
+    flow = train_fleet_flow.with_options(task_runner=runner)
+    results = flow(models=names, until=_date(until, "--until"))
     table = Table(title="training")
     table.add_column("model", no_wrap=True)
     for column in ("status", "version", "metric", "candidate", "champion before", "after"):
@@ -147,8 +151,8 @@ def train(
         )
     console.print(table)
     for r in results:
-        if r.status == "failed":
-            console.print(f"[red]{r.model}[/]: {r.message}")
+        colour = "red" if r.status == "failed" else "bold"
+        console.print(f"[{colour}]{r.model}[/]: {r.message}")
     console.print(f"MLflow store: {settings.tracking_uri}")
     console.print(f"Data Docs: {settings.data_docs_index}")
     if any(r.status == "failed" for r in results):
@@ -282,7 +286,6 @@ def serve(
     except processes.ProcessError as exc:
         _fail(str(exc))
     _print_components(settings)
-    console.print(f"logs: {processes.logs_dir(settings)}")
     console.print("stop with `fleet stop`")
 
 
@@ -290,12 +293,13 @@ def _print_components(settings: Settings) -> None:
     from fleet import processes
 
     table = Table(title="serving")
-    for column in ("component", "url", "pid", "healthy", "log"):
-        table.add_column(column)
+    for column in ("component", "url", "pid", "healthy"):
+        table.add_column(column, no_wrap=True)
     for s in processes.status(settings):
         state = "[green]yes[/]" if s.healthy else ("[red]no[/]" if s.alive else "[red]dead[/]")
-        table.add_row(s.running.name, s.running.url, str(s.running.pid), state, s.running.log)
+        table.add_row(s.running.name, s.running.url, str(s.running.pid), state)
     console.print(table)
+    console.print(f"logs: {processes.logs_dir(settings)}/<component>.log", soft_wrap=True)
 
 
 @app.command()
