@@ -234,24 +234,37 @@ def serve(
         str | None, typer.Option(help="comma-separated model names; default: all")
     ] = None,
     gateway_port: Annotated[
-        int | None, typer.Option(help="gateway port [default: FLEET_GATEWAY_PORT or 3000]")
+        int | None, typer.Option(help="gateway port (default: FLEET_GATEWAY_PORT, else 3000)")
     ] = None,
     model_port_base: Annotated[
         int | None,
         typer.Option(
-            help="first model port, catalog order [default: FLEET_MODEL_PORT_BASE or 3001]"
+            help="first model port, catalog order (default: FLEET_MODEL_PORT_BASE, else 3001)"
         ),
     ] = None,
     timeout: Annotated[
         float, typer.Option(help="seconds each component may take to start")
     ] = 180.0,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload", help="running fleet: move each model to its current @champion, no downtime"
+        ),
+    ] = False,
 ) -> None:
-    """Start the fleet's services (champion versions) and wait until they are healthy."""
+    """Start the fleet's services (champion versions) and wait until they are healthy.
+
+    With --reload, the running fleet moves to the current champions instead.
+    """
     settings = _setup()
     updates = {"gateway_port": gateway_port, "model_port_base": model_port_base}
     settings = settings.model_copy(update={k: v for k, v in updates.items() if v is not None})
     from fleet import processes
     from fleet import topology as topo
+
+    if reload:
+        _reload(settings, timeout)
+        return
 
     if topology not in topo.TOPOLOGIES:
         _fail(f"unknown topology {topology!r}; choose one of: {', '.join(topo.TOPOLOGIES)}", 2)
@@ -287,6 +300,28 @@ def serve(
         _fail(str(exc))
     _print_components(settings)
     console.print("stop with `fleet stop`")
+
+
+def _reload(settings: Settings, timeout: float) -> None:
+    from fleet import processes
+    from fleet import topology as topo
+
+    try:
+        names = topo.served_models(settings)
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    from bentos.store import import_champion
+
+    tags = {name: import_champion(settings, name) for name in names}
+    try:
+        swaps = topo.update(settings, tags, timeout=timeout)
+    except processes.ProcessError as exc:
+        _fail(f"{exc}; the previous versions keep serving")
+    if not swaps:
+        console.print("every model already serves its @champion; nothing changed")
+    for swap in swaps:
+        console.print(f"{swap.model}: {swap.old_tag} -> {swap.new_tag} ({swap.url})")
+    _print_components(settings)
 
 
 def _print_components(settings: Settings) -> None:

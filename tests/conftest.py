@@ -88,3 +88,24 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'drop database if exists "{name}" with (force)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def serving_state(
+    tmp_path_factory: pytest.TempPathFactory,
+    flights_q1: pd.DataFrame,
+    reviews_table: pd.DataFrame,
+) -> Iterator[object]:
+    """A state root with one champion per catalog model imported into its Bento store.
+
+    Shared by the serving tests (tests/serving_fixtures.py); small real windows.
+    """
+    from tests.serving_fixtures import build_serving_state
+
+    root = tmp_path_factory.mktemp("serving-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FLEET_HOME", str(root))
+        mp.setenv("BENTOML_HOME", str(root / "bentoml"))
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        state = build_serving_state(root, flights_q1, reviews_table)
+    yield state

@@ -1,0 +1,1 @@
+"""BentoML services of the fleet: one per model (``bentos/<model>/``) and the gateway."""

@@ -1,0 +1,1 @@
+"""The arrival_delay model service."""

@@ -1,0 +1,1 @@
+"""The fleet gateway service (see service.py)."""

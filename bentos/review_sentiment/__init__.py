@@ -1,0 +1,1 @@
+"""The review_sentiment model service."""

@@ -1,0 +1,206 @@
+"""Which models a gateway request needs, and how their answers combine.
+
+Pure functions over the catalog: a request carries at most one record per dataset, keyed
+by the dataset's ``record`` name ("flight", "review"); every model on that dataset is
+needed unless the request names the models it wants. No I/O here: the gateway service
+calls the backends and the result store.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fleet.catalog import DATASETS, MODELS, ModelSpec
+
+
+class RoutingError(ValueError):
+    """The request cannot be routed (unknown model, missing input, nothing to do): a 4xx."""
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """One model's prediction for one record, with the version that served it."""
+
+    model: str
+    version: str
+    prediction: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelFailure:
+    """One model that did not answer; ``message`` names the model and says why."""
+
+    model: str
+    message: str
+
+
+@dataclass(frozen=True)
+class CombinedResult:
+    """What the gateway answers and stores for one request."""
+
+    request_id: str
+    received_at: datetime
+    inputs: dict[str, dict[str, Any]]
+    results: dict[str, dict[str, Any]]  # model -> {"version", "prediction"}
+    errors: dict[str, str]  # model -> message
+    latency_ms: float
+    requested: tuple[str, ...] = field(default=())
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {model: answer["version"] for model, answer in self.results.items()}
+
+    def response(self) -> dict[str, Any]:
+        """The gateway's JSON answer (the serving contract)."""
+        return {
+            "request_id": self.request_id,
+            "results": self.results,
+            "errors": self.errors,
+            "latency_ms": round(self.latency_ms, 3),
+        }
+
+
+def record_kinds() -> list[str]:
+    """The input keys a gateway request may carry, in catalog order."""
+    return [d.record for d in DATASETS.values()]
+
+
+def models_for_record(record: str) -> list[str]:
+    """Every catalog model whose dataset's record is ``record``, in catalog order."""
+    return [name for name, spec in MODELS.items() if spec.dataset.record == record]
+
+
+def input_spec(record: str) -> ModelSpec:
+    """The model whose features cover every model on ``record``'s dataset.
+
+    Its generated request model validates the gateway's input of that kind, so the
+    gateway holds no second copy of the schema. Raises if no model's features cover the
+    others' (the catalog would need a dataset-level request model then).
+    """
+    specs = [MODELS[name] for name in models_for_record(record)]
+    if not specs:
+        raise RoutingError(f"no model in the catalog takes a {record!r}")
+    needed = set().union(*(s.features for s in specs))
+    for spec in specs:
+        if needed <= set(spec.features):
+            return spec
+    raise ValueError(
+        f"no single model's features cover every {record!r} model: "
+        f"{', '.join(s.name for s in specs)}"
+    )
+
+
+def plan(inputs: Mapping[str, Any], models: Sequence[str] | None = None) -> dict[str, str]:
+    """Map each needed model to the input key it reads.
+
+    ``inputs`` holds the request's records by kind (None or missing means absent).
+    Without ``models`` every model on a present record is needed; with it, exactly the
+    named ones, each of which must have its record in the request.
+    """
+    present = {kind for kind in record_kinds() if inputs.get(kind) is not None}
+    if models is None:
+        chosen = {name: MODELS[name].dataset.record for kind in present
+                  for name in models_for_record(kind)}  # fmt: skip
+        if not chosen:
+            kinds = " and/or ".join(f"'{k}'" for k in record_kinds())
+            raise RoutingError(f"the request holds no input: give {kinds}")
+        return dict(sorted(chosen.items(), key=lambda kv: list(MODELS).index(kv[0])))
+
+    if not models:
+        raise RoutingError("'models' is empty: name at least one model or leave it out")
+    unknown = [name for name in models if name not in MODELS]
+    if unknown:
+        raise RoutingError(
+            f"unknown model(s) {', '.join(map(repr, unknown))} in 'models'; "
+            f"the catalog has: {', '.join(MODELS)}"
+        )
+    chosen = {}
+    for name in dict.fromkeys(models):  # de-duplicated, order kept
+        kind = MODELS[name].dataset.record
+        if kind not in present:
+            raise RoutingError(f"model {name!r} needs a '{kind}' input, and the request has none")
+        chosen[name] = kind
+    return chosen
+
+
+def model_record(spec: ModelSpec, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a validated record that ``spec`` reads (its features only)."""
+    return {name: record[name] for name in spec.features if name in record}
+
+
+def combine(
+    inputs: Mapping[str, Any],
+    outcomes: Sequence[ModelAnswer | ModelFailure],
+    received_at: datetime,
+    latency_ms: float,
+    request_id: str | None = None,
+) -> CombinedResult:
+    """Fold the per-model outcomes of one request into the combined result."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for outcome in outcomes:
+        if isinstance(outcome, ModelAnswer):
+            results[outcome.model] = {"version": outcome.version, "prediction": outcome.prediction}
+        else:
+            errors[outcome.model] = outcome.message
+    return CombinedResult(
+        request_id=request_id or new_request_id(),
+        received_at=received_at,
+        inputs={k: dict(v) for k, v in inputs.items() if v is not None},
+        results=results,
+        errors=errors,
+        latency_ms=latency_ms,
+        requested=tuple(o.model for o in outcomes),
+    )
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def gateway_request_model() -> type[Any]:
+    """The gateway's request body: optional ``request_id``, one optional record per kind
+    (validated by the catalog-generated model of :func:`input_spec`), optional ``models``.
+
+    Built from ``fleet.serving.request_model``: the same schema as the model services.
+    """
+    from typing import Optional
+
+    from pydantic import ConfigDict, Field, create_model
+
+    from fleet import serving
+
+    examples: dict[str, Any] = {"request_id": "req-0001"}
+    fields: dict[str, Any] = {
+        "request_id": (
+            Optional[str],  # noqa: UP045 (runtime type)
+            Field(None, min_length=1, max_length=128, description="your id; made if absent"),
+        )
+    }
+    for kind in record_kinds():
+        spec = input_spec(kind)
+        users = ", ".join(models_for_record(kind))
+        fields[kind] = (
+            Optional[serving.request_model(spec)],  # noqa: UP045
+            Field(None, description=f"one {kind}: sent to {users}"),
+        )
+        examples[kind] = serving.example_record(spec)
+    # plain strings: routing.plan rejects unknown names with the catalog's list (a 4xx)
+    fields["models"] = (
+        Optional[list[str]],  # noqa: UP045
+        Field(
+            None,
+            min_length=1,
+            description=f"only these models (default: all that apply); one of {', '.join(MODELS)}",
+        ),
+    )
+    config = ConfigDict(extra="forbid", json_schema_extra={"example": examples})
+    return create_model("GatewayRequest", __config__=config, **fields)

@@ -1,0 +1,120 @@
+"""Serving core: request models from the catalog, request -> frame, model -> answers.
+
+No BentoML here: the model services (``bentos/``) and the gateway wrap these functions.
+The request model is generated from the same catalog columns that drive the GX suites
+and training, so a value the lake would quarantine is refused at the door too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from fleet import training
+
+if TYPE_CHECKING:
+    from fleet.catalog import Column, ModelSpec
+
+# categories are open (new carriers and routes appear), but a code is never an essay
+MAX_CATEGORY_LENGTH = 64
+
+
+def _class_name(spec: ModelSpec) -> str:
+    return "".join(part.capitalize() for part in spec.name.split("_")) + "Record"
+
+
+def _field(col: Column) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of one feature column; every field is required."""
+    # strict: JSON types must match (no "12" for 12, no true for 1); JSON ints are still
+    # accepted for floats. Nullable columns must be sent, as null when unknown.
+    extra = {"example": col.example}  # OpenAPI 3.0 "example": Swagger UI fills it in
+    if col.kind in ("numeric", "integer"):
+        base: Any = float if col.kind == "numeric" else int
+        info = Field(
+            ...,
+            description=col.description,
+            ge=col.minimum,
+            le=col.maximum,
+            strict=True,
+            allow_inf_nan=False,
+            json_schema_extra=extra,
+        )
+    elif col.kind == "categorical":
+        base = str
+        info = Field(
+            ...,
+            description=col.description,
+            min_length=1,
+            max_length=MAX_CATEGORY_LENGTH,
+            strict=True,
+            json_schema_extra=extra,
+        )
+    elif col.kind == "text":
+        base = str
+        info = Field(
+            ...,
+            description=col.description,
+            min_length=int(col.minimum) if col.minimum is not None else 1,
+            max_length=int(col.maximum) if col.maximum is not None else None,
+            strict=True,
+            json_schema_extra=extra,
+        )
+    else:
+        raise ValueError(f"column {col.name!r} of kind {col.kind} cannot be a model input")
+    annotation = Optional[base] if col.null_share > 0 else base  # noqa: UP045 (runtime type)
+    return annotation, info
+
+
+def example_record(spec: ModelSpec) -> dict[str, Any]:
+    """A realistic request record built from the columns' catalog examples."""
+    return {col.name: col.example for col in spec.feature_columns}
+
+
+@cache
+def request_model(spec: ModelSpec) -> type[BaseModel]:
+    """The pydantic model of one request record of ``spec`` (extra fields forbidden)."""
+    fields = {col.name: _field(col) for col in spec.feature_columns}
+    config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"example": example_record(spec)},
+        title=_class_name(spec),
+    )
+    model = create_model(_class_name(spec), __config__=config, **fields)
+    model.__doc__ = f"One {spec.dataset.record} for {spec.name}: {spec.description}."
+    return model
+
+
+def _as_dict(record: BaseModel | Mapping[str, Any]) -> Mapping[str, Any]:
+    return record.model_dump() if isinstance(record, BaseModel) else record
+
+
+def to_frame(spec: ModelSpec, records: Iterable[BaseModel | Mapping[str, Any]]) -> pd.DataFrame:
+    """Records (validated models or dicts) -> the feature frame, dtypes as in training."""
+    rows = [_as_dict(r) for r in records]
+    raw = pd.DataFrame.from_records(rows, columns=list(spec.features))
+    return training.feature_frame(spec, raw)
+
+
+def predict(spec: ModelSpec, model: Any, frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """One answer per row.
+
+    Classification: ``{"label", "probability"}`` with the probability of the positive
+    class ``spec.labels[-1]``; regression: ``{"value"}``.
+    """
+    if len(frame) == 0:
+        return []
+    if spec.task == "regression":
+        return [{"value": float(v)} for v in np.asarray(model.predict(frame), dtype=float)]
+    proba = np.asarray(model.predict_proba(frame), dtype=float)
+    pos = training.positive_index(spec, model)
+    classes = [str(c) for c in model.classes_]
+    best = np.argmax(proba, axis=1)
+    return [
+        {"label": classes[int(b)], "probability": float(p)}
+        for b, p in zip(best, proba[:, pos], strict=True)
+    ]

@@ -1,0 +1,323 @@
+"""What ``fleet serve`` starts for each topology, as plain data.
+
+- ``micro``: one ``bentoml serve`` process per model (catalog order, ports from
+  ``model_port_base``, workers from the model's spec) plus the gateway, which calls the
+  models over HTTP (``FLEET_GATEWAY_BACKENDS``).
+- ``mono``: the gateway alone, hosting every model in-process
+  (``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS``).
+
+The Bento model tags are inputs: importing champions into the Bento store is the
+caller's step, so planning stays free of bentoml and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from fleet import processes
+from fleet.catalog import MODELS, get_model, model_port
+from fleet.processes import Launch, Running
+from fleet.settings import REPO_ROOT, Settings
+
+Topology = Literal["micro", "mono"]
+TOPOLOGIES: tuple[str, ...] = ("micro", "mono")
+GATEWAY = "gateway"
+BACKENDS_FILE_ENV = "FLEET_GATEWAY_BACKENDS_FILE"
+TAGS_FILE_ENV = "FLEET_BENTO_MODEL_TAGS_FILE"
+
+
+@dataclass(frozen=True)
+class Plan:
+    topology: Topology
+    models: list[str]
+    launches: list[Launch]  # models first, gateway last: it needs its backends up
+    files: dict[Path, dict[str, str]] = field(default_factory=dict)  # written before start
+
+    @property
+    def names(self) -> list[str]:
+        return [launch.name for launch in self.launches]
+
+
+def bentoml_executable() -> str:
+    """The ``bentoml`` next to this interpreter (the project venv), else from PATH."""
+    beside = Path(sys.executable).parent / "bentoml"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("bentoml")
+    if found is None:
+        raise FileNotFoundError("no `bentoml` executable beside the interpreter or on PATH")
+    return found
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """Environment every service process gets on top of the inherited one."""
+    return {
+        "FLEET_HOME": str(settings.root),
+        "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        # the store bentos.store.import_champion writes to
+        "BENTOML_HOME": str(settings.root / "bentoml"),
+        # single-row predicts: HistGradientBoosting threads cost more than they give
+        "OMP_NUM_THREADS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "FLEET_RESULTS_URL": settings.results_db_url,
+        "FLEET_MODEL_TIMEOUT_S": str(settings.model_timeout_s),
+        "FLEET_MAX_BATCH_RECORDS": str(settings.max_batch_records),
+    }
+
+
+def backends_file(settings: Settings) -> Path:
+    """The gateway's model URLs (micro); rewritten by a rolling update."""
+    return settings.serving_dir / "backends.json"
+
+
+def tags_file(settings: Settings) -> Path:
+    """The gateway's in-process model tags (mono); rewritten by an update."""
+    return settings.serving_dir / "model_tags.json"
+
+
+def write_json(path: Path, data: dict[str, str]) -> None:
+    """Atomic write: the gateway never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def resolve_models(names: list[str] | None) -> list[str]:
+    """Requested model names in catalog order; all of them when none are named."""
+    if not names:
+        return list(MODELS)
+    wanted = {get_model(name).name for name in names}  # KeyError names the unknown one
+    return [name for name in MODELS if name in wanted]
+
+
+def serve_command(target: str, host: str, port: int) -> list[str]:
+    return [bentoml_executable(), "serve", target, "--host", host, "--port", str(port)]
+
+
+def plan(
+    settings: Settings,
+    topology: Topology,
+    models: list[str],
+    tags: dict[str, str],
+) -> Plan:
+    """The launches of ``topology`` for ``models`` (catalog order), given their Bento tags."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
+    models = resolve_models(models)
+    missing = [m for m in models if m not in tags]
+    if missing:
+        raise ValueError(f"no Bento model tag for: {', '.join(missing)}")
+    host = settings.serve_host
+    base_env = service_env(settings)
+    launches: list[Launch] = []
+    gateway_env = dict(base_env)
+    if topology == "micro":
+        backends = {}
+        for name in models:
+            port = model_port(settings.model_port_base, name)
+            launch = Launch(
+                name=name,
+                command=serve_command(f"bentos.{name}.service:Service", host, port),
+                host=host,
+                port=port,
+                # workers come from the spec, read by the service's own decorator
+                env={**base_env, "FLEET_BENTO_MODEL_TAG": tags[name]},
+                meta={"tag": tags[name]},
+                cwd=REPO_ROOT,
+                port_hint="--model-port-base or FLEET_MODEL_PORT_BASE",
+            )
+            launches.append(launch)
+            backends[name] = launch.url
+        # the file is how a rolling update re-points the running gateway (see update_micro)
+        files = {backends_file(settings): backends}
+        gateway_env |= {
+            "FLEET_GATEWAY_MODE": "micro",
+            "FLEET_GATEWAY_BACKENDS": json.dumps(backends),
+            BACKENDS_FILE_ENV: str(backends_file(settings)),
+        }
+        gateway_meta = {}
+    else:
+        served = {name: tags[name] for name in models}
+        files = {tags_file(settings): served}
+        gateway_env |= {
+            "FLEET_GATEWAY_MODE": "mono",
+            "FLEET_BENTO_MODEL_TAGS": json.dumps(served),
+            TAGS_FILE_ENV: str(tags_file(settings)),
+        }
+        gateway_meta = {"tags": json.dumps(served)}
+    launches.append(
+        Launch(
+            name=GATEWAY,
+            command=serve_command("bentos.gateway.service:Service", host, settings.gateway_port),
+            host=host,
+            port=settings.gateway_port,
+            env=gateway_env,
+            cwd=REPO_ROOT,
+            port_hint="--gateway-port or FLEET_GATEWAY_PORT",
+            meta=gateway_meta,
+        )
+    )
+    return Plan(topology=topology, models=models, launches=launches, files=files)
+
+
+def running(settings: Settings) -> list[Running]:
+    """Recorded components whose process still runs."""
+    return [r for r in processes.read_pid_files(settings) if processes.is_alive(r)]
+
+
+def start_plan(settings: Settings, plan: Plan, timeout: float = 120.0) -> list[Running]:
+    """Start every launch of ``plan`` and wait until each answers /readyz.
+
+    All ports are checked before anything starts. Models start together (their loads
+    overlap), the gateway once they are healthy. On any failure everything this call
+    started is stopped again, so a failed start leaves no process behind.
+    """
+    for launch in plan.launches:
+        processes.check_port(launch)
+    for path, data in plan.files.items():
+        write_json(path, data)
+    started: list[Running] = []
+    try:
+        models = [launch for launch in plan.launches if launch.name != GATEWAY]
+        gateway = [launch for launch in plan.launches if launch.name == GATEWAY]
+        for group in (models, gateway):
+            batch = [processes.start(settings, launch, plan.topology) for launch in group]
+            started.extend(batch)
+            deadline = time.monotonic() + timeout
+            for component in batch:
+                processes.wait_healthy(component, max(1.0, deadline - time.monotonic()))
+    except BaseException:
+        for component in reversed(started):
+            processes.stop(settings, component)
+        raise
+    return started
+
+
+@dataclass(frozen=True)
+class Swap:
+    """One model moved to a new pinned version by an update."""
+
+    model: str
+    old_tag: str | None
+    new_tag: str
+    url: str  # where the new version is served (the gateway's URL in mono)
+
+
+def gateway_metadata(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The gateway's GET /metadata, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url + "/metadata", timeout=timeout) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def _wait_gateway(gateway: Running, model: str, key: str, value: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = gateway_metadata(gateway.url) or {}
+        if str(meta.get("backends", {}).get(model, {}).get(key)) == value:
+            return
+        time.sleep(0.2)
+    raise processes.ProcessError(
+        f"the gateway did not switch {model} to {value} within {timeout:.0f} s "
+        f"(it re-reads {BACKENDS_FILE_ENV} / {TAGS_FILE_ENV}); see {gateway.log}"
+    )
+
+
+def _running_gateway(settings: Settings) -> Running:
+    components = {r.name: r for r in running(settings)}
+    if GATEWAY not in components:
+        raise processes.ProcessError("the fleet is not running; start it with `fleet serve`")
+    return components[GATEWAY]
+
+
+def served_models(settings: Settings) -> list[str]:
+    """Models the running fleet serves, catalog order."""
+    gateway = _running_gateway(settings)
+    if gateway.topology == "mono":
+        names = list(json.loads(gateway.meta.get("tags", "{}")))
+    else:
+        names = [r.name for r in running(settings) if r.name in MODELS]
+    return resolve_models(names) if names else []
+
+
+def update(
+    settings: Settings, tags: dict[str, str], timeout: float = 120.0, grace: float = 15.0
+) -> list[Swap]:
+    """Move the running fleet to ``tags`` without failing requests; the models moved.
+
+    micro, per model whose pinned tag differs: start the new version on a free port,
+    wait for /readyz, re-point the gateway (backends file), wait until the gateway
+    reports the new URL and until calls already sent to the old version have finished
+    or timed out, then stop the old process. mono: rewrite the tags file and wait until
+    the gateway reports the new versions loaded. A failed step leaves the old version
+    serving.
+    """
+    gateway = _running_gateway(settings)
+    if gateway.topology == "mono":
+        return _update_mono(settings, gateway, tags, timeout)
+    components = {r.name: r for r in running(settings)}
+    swaps = []
+    for name in served_models(settings):
+        old = components[name]
+        new_tag = tags.get(name)
+        if new_tag is None or old.meta.get("tag") == new_tag:
+            continue
+        port = processes.free_port(settings.serve_host)
+        launch = Launch(
+            name=f"{name}.next",
+            command=serve_command(f"bentos.{name}.service:Service", settings.serve_host, port),
+            host=settings.serve_host,
+            port=port,
+            env={**service_env(settings), "FLEET_BENTO_MODEL_TAG": new_tag},
+            cwd=REPO_ROOT,
+            meta={"tag": new_tag},
+        )
+        new = processes.start(settings, launch, "micro")
+        path = backends_file(settings)
+        backends = json.loads(path.read_text()) if path.exists() else {}
+        try:
+            processes.wait_healthy(new, timeout)
+            write_json(path, {**backends, name: new.url})
+            _wait_gateway(gateway, name, "url", new.url, timeout=10)
+        except BaseException:
+            write_json(path, {**backends, name: old.url})
+            processes.stop(settings, new)
+            raise
+        # a call sent to the old version just before the switch ends within the timeout
+        time.sleep(settings.model_timeout_s + 0.5)
+        processes.stop(settings, old, grace)
+        processes.rename(settings, new, name)
+        swaps.append(Swap(name, old.meta.get("tag"), new_tag, new.url))
+    return swaps
+
+
+def _update_mono(
+    settings: Settings, gateway: Running, tags: dict[str, str], timeout: float
+) -> list[Swap]:
+    served = json.loads(gateway.meta.get("tags", "{}"))
+    wanted = {name: tags.get(name, tag) for name, tag in served.items()}
+    changed = [name for name in served if wanted[name] != served[name]]
+    if not changed:
+        return []
+    write_json(tags_file(settings), wanted)
+    try:
+        for name in changed:
+            _wait_gateway(gateway, name, "tag", wanted[name], timeout)
+    except BaseException:
+        write_json(tags_file(settings), served)
+        raise
+    processes.write_pid_file(
+        settings, replace(gateway, meta={**gateway.meta, "tags": json.dumps(wanted)})
+    )
+    return [Swap(name, served[name], wanted[name], gateway.url) for name in changed]

@@ -1,0 +1,152 @@
+"""Shared serving test helpers: a trained registry + Bento store, and real service processes.
+
+``build_serving_state`` trains every catalog model on a small real window (a few
+seconds each), promotes the champions and imports them into the Bento store.
+``ServiceProcess`` runs ``bentoml serve`` for one model on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+from bentos import store
+from fleet import etl, lake, registry
+from fleet.catalog import MODELS, get_model
+from fleet.settings import REPO_ROOT, Settings
+
+# flights: 3 weeks (2 train + 1 holdout) before FLIGHTS_UNTIL; reviews spread ~100/week
+FLIGHTS_UNTIL = date(2013, 1, 29)
+REVIEWS_UNTIL = date(2013, 4, 1)
+SMALL = {
+    "flight_delay": {"train_weeks": 3},
+    "arrival_delay": {"train_weeks": 3},
+    "review_sentiment": {"train_weeks": 12, "holdout_weeks": 3},
+}
+
+
+@dataclass(frozen=True)
+class ServingState:
+    settings: Settings
+    tags: dict[str, str]  # model -> pinned Bento model tag
+    flights: pd.DataFrame  # real ETL rows of the flights window
+    reviews: pd.DataFrame  # real ETL rows of the reviews window
+
+
+def state_settings(root: Path) -> Settings:
+    """Settings of a state root, ignoring any MLflow URI in the environment."""
+    return Settings(home=root, MLFLOW_TRACKING_URI=None)
+
+
+def build_serving_state(
+    root: Path, flights_q1: pd.DataFrame, reviews_table: pd.DataFrame
+) -> ServingState:
+    """Lake partitions + one champion per catalog model + their Bento model tags."""
+    settings = state_settings(root)
+    tables = {"flights": flights_q1, "reviews": reviews_table}
+    untils = {"flights": FLIGHTS_UNTIL, "reviews": REVIEWS_UNTIL}
+    frames = {}
+    for name, spec in MODELS.items():
+        small = dataclasses.replace(spec, **SMALL[name])
+        until = untils[spec.dataset.name]
+        first = until - pd.Timedelta(weeks=small.train_weeks).to_pytimedelta()
+        last = until - pd.Timedelta(days=1).to_pytimedelta()
+        parts = etl.build_partitions(
+            spec.dataset, tables[spec.dataset.name], lake.days(first, last)
+        )
+        for day, frame in parts.items():
+            lake.write_partition(settings.lake_dir, spec.dataset.name, day, frame)
+        frames[spec.dataset.name] = pd.concat(parts.values(), ignore_index=True)
+        result = registry.train_and_promote(settings, small, until)
+        assert result.decision.promoted, result.decision.reason
+    tags = store.champion_tags(settings)
+    assert set(tags) == set(MODELS), tags
+    return ServingState(settings, tags, frames["flights"], frames["reviews"])
+
+
+def records(state: ServingState, model: str, n: int) -> list[dict]:
+    """``n`` real request records for ``model`` from the state's window (JSON-ready)."""
+    spec = get_model(model)
+    table = state.flights if spec.dataset.name == "flights" else state.reviews
+    rows = table[list(spec.features)].sample(n=n, random_state=7)
+    rows = rows.astype(object).where(rows.notna(), None)
+    out = []
+    for row in rows.to_dict(orient="records"):
+        # numpy scalars -> plain JSON types, integer columns as ints
+        out.append(
+            {
+                c.name: (
+                    None
+                    if row[c.name] is None
+                    else int(row[c.name])
+                    if c.kind == "integer"
+                    else float(row[c.name])
+                    if c.kind == "numeric"
+                    else str(row[c.name])
+                )
+                for c in spec.feature_columns
+            }
+        )
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """``bentoml serve`` of one model from the repo root, in its own process group."""
+
+    def __init__(self, state: ServingState, model: str, tag: str | None = None) -> None:
+        self.model = model
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = store.service_env(state.settings, tag or state.tags[model])
+        self.log_path = state.settings.root / "serving" / f"test-{model}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        bentoml = Path(sys.executable).with_name("bentoml")
+        cmd = [str(bentoml), "serve", f"bentos.{model}.service:Service"]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.model} service exited:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.model} not ready in {timeout} s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)

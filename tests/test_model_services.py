@@ -1,0 +1,214 @@
+"""Each model as its own real `bentoml serve` process on loopback, and its own Bento."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from bentos import store
+from fleet import registry, serving
+from fleet.catalog import MODELS, get_model
+from tests.serving_fixtures import ServiceProcess, ServingState, records
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def services(serving_state: ServingState) -> Iterator[dict[str, ServiceProcess]]:
+    """One service per model, started together, stopped at the end of the module."""
+    procs: dict[str, ServiceProcess] = {}
+    try:
+        for name in MODELS:
+            procs[name] = ServiceProcess(serving_state, name)
+        for name in MODELS:
+            procs[name].wait_ready()
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def same(got: list[dict], want: list[dict]) -> bool:
+    """Same labels, numbers equal to float precision."""
+    return len(got) == len(want) and all(
+        g.keys() == w.keys()
+        and all(g[k] == (pytest.approx(w[k]) if isinstance(w[k], float) else w[k]) for k in w)
+        for g, w in zip(got, want, strict=True)
+    )
+
+
+def post(url: str, body: object) -> httpx.Response:
+    return httpx.post(url, json=body, timeout=30)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_http_predictions_equal_the_registry_model(
+    services: dict[str, ServiceProcess], serving_state: ServingState, name: str
+) -> None:
+    spec = get_model(name)
+    svc = services[name]
+    version = serving_state.tags[name].split(":v")[1]
+    rows = records(serving_state, name, 25)
+    model = registry.load_version(serving_state.settings, name, version)
+    expected = serving.predict(spec, model, serving.to_frame(spec, rows))
+
+    single = [post(f"{svc.url}/predict", {"record": r}) for r in rows[:10]]
+    assert all(r.status_code == 200 for r in single), single[0].text
+    assert {(r.json()["model"], r.json()["version"]) for r in single} == {(name, version)}
+    assert same([r.json()["prediction"] for r in single], expected[:10])
+
+    batch = post(f"{svc.url}/predict_batch", {"records": rows})
+    assert batch.status_code == 200, batch.text
+    assert (batch.json()["model"], batch.json()["version"]) == (name, version)
+    assert same(batch.json()["predictions"], expected)
+
+    meta = httpx.get(f"{svc.url}/metadata", timeout=10).json()
+    champion = registry.champion_info(serving_state.settings, name)
+    assert meta["version"] == version == str(champion.version)
+    assert meta["run_id"] == champion.run_id
+    assert meta["bento_model_tag"] == serving_state.tags[name]
+    assert meta["window"].startswith(str(champion.window.start))
+    assert meta["features"] == list(spec.features)
+    # every worker's requests (flight_delay runs two): 10 single + 1 batch, no more
+    assert meta["requests_served"] == 11
+    metrics = httpx.get(f"{svc.url}/metrics", timeout=10).text
+    assert f'fleet_model_records_total{{model="{name}",version="{version}"}} 35.0' in metrics
+
+
+def _flight(state: ServingState, **changes: object) -> dict:
+    return {**records(state, "flight_delay", 1)[0], **changes}
+
+
+BAD_REQUESTS = {
+    "missing field": (lambda s: {"record": {k: v for k, v in _flight(s).items() if k != "dest"}},
+                      "dest"),
+    "wrong type": (lambda s: {"record": _flight(s, distance="far")}, "distance"),
+    "out of range": (lambda s: {"record": _flight(s, sched_dep_hour=24)}, "sched_dep_hour"),
+    "NaN": (lambda s: json.dumps({"record": _flight(s, temp=float("nan"))}), "temp"),
+    "infinity": (lambda s: json.dumps({"record": _flight(s, wind_speed=float("inf"))}),
+                 "wind_speed"),
+    "extra field": (lambda s: {"record": _flight(s, late=1)}, "late"),
+    "no record": (lambda s: {"flight": _flight(s)}, "record"),
+    "malformed JSON": (lambda s: '{"record": {"carrier": "UA",', "JSON"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_naming_the_field(
+    services: dict[str, ServiceProcess], serving_state: ServingState, case: str
+) -> None:
+    svc = services["flight_delay"]
+    make, field = BAD_REQUESTS[case]
+    body = make(serving_state)
+    if isinstance(body, str):  # NaN/inf/broken JSON: sent as raw text
+        resp = httpx.post(
+            f"{svc.url}/predict", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        resp = post(f"{svc.url}/predict", body)
+    assert 400 <= resp.status_code < 500, resp.text
+    assert field in resp.text
+    # the service is still up and answering
+    ok = post(f"{svc.url}/predict", {"record": _flight(serving_state)})
+    assert ok.status_code == 200 and "prediction" in ok.json()
+
+
+def test_oversized_batch_is_refused_with_the_limit(
+    services: dict[str, ServiceProcess], serving_state: ServingState
+) -> None:
+    svc = services["flight_delay"]
+    limit = serving_state.settings.max_batch_records
+    rows = records(serving_state, "flight_delay", 1) * (limit + 1)
+    resp = post(f"{svc.url}/predict_batch", {"records": rows})
+    assert resp.status_code == 400
+    assert "records" in resp.text and f"at most {limit}" in resp.text
+    assert post(f"{svc.url}/predict_batch", {"records": rows[:limit]}).status_code == 200
+
+
+def test_openapi_carries_the_generated_schema_and_example(
+    services: dict[str, ServiceProcess],
+) -> None:
+    svc = services["review_sentiment"]
+    spec = get_model("review_sentiment")
+    doc = httpx.get(f"{svc.url}/docs.json", timeout=10).json()
+    assert {"/predict", "/predict_batch", "/metadata", "/readyz", "/metrics"} <= set(doc["paths"])
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    ref = body["schema"]["properties"]["record"]["$ref"].split("/")[-1]
+    schema = doc["components"]["schemas"][ref]
+    assert schema["example"] == serving.example_record(spec)
+    assert schema["additionalProperties"] is False
+    # "try it out" sends the example as is: it must be accepted
+    resp = post(f"{svc.url}/predict", {"record": schema["example"]})
+    assert resp.status_code == 200 and resp.json()["prediction"]["label"] in spec.labels
+
+
+def test_a_missing_model_never_becomes_ready(serving_state: ServingState) -> None:
+    svc = ServiceProcess(serving_state, "arrival_delay", tag="arrival_delay:v99")
+    try:
+        # the service exits with the reason (it never answers /readyz), even under load
+        with pytest.raises(RuntimeError, match="exited"):
+            svc.wait_ready(timeout=180)
+        assert svc.proc.returncode != 0
+        assert "arrival_delay:v99 is not in the store" in svc.log()
+        assert "fleet serve" in svc.log()
+    finally:
+        svc.stop()
+
+
+def test_each_model_builds_into_its_own_bento(serving_state: ServingState) -> None:
+    settings = serving_state.settings
+    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
+        built = dict(
+            zip(MODELS, pool.map(lambda m: store.build_bento(settings, m), MODELS), strict=True)
+        )
+    for name, bento_tag in built.items():
+        bento_name, version = bento_tag.split(":")
+        assert bento_name == name
+        bento_dir = store.bentoml_home(settings) / "bentos" / name / version
+        info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
+        # exactly its own pinned model, and only its own service's source
+        assert store.bento_model_tags(info) == [serving_state.tags[name]]
+        src = {
+            p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")
+        }
+        assert f"bentos/{name}/service.py" in src and "fleet/serving.py" in src
+        assert not any(p.startswith(f"bentos/{other}/") for other in MODELS if other != name
+                       for p in src)  # fmt: skip
+        requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
+        assert "scikit-learn==1.9.1" in requirements and "bentoml==1.4.40" in requirements
+
+
+def test_service_refuses_to_start_without_a_pinned_tag(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bentos.model_service import make_service
+
+    monkeypatch.delenv(store.TAG_ENV, raising=False)
+    service = make_service("arrival_delay")
+    assert service.models == []  # nothing to bundle, and no ":latest" fallback
+    with pytest.raises(store.StoreError, match="FLEET_BENTO_MODEL_TAG is not set"):
+        service.inner()
+
+
+def test_bento_model_labels_carry_the_lineage(serving_state: ServingState) -> None:
+    import bentoml
+
+    settings = serving_state.settings
+    for name, tag in serving_state.tags.items():
+        assert store.import_champion(settings, name) == tag  # idempotent
+        champion = registry.champion_info(settings, name)
+        with store.model_store(settings):
+            labels = bentoml.models.get(tag).info.labels
+        first, last = champion.window.days
+        assert labels == {
+            "mlflow_model": name,
+            "version": str(champion.version),
+            "run_id": champion.run_id,
+            "window": f"{first}..{last}",
+            "window_split": champion.window.split.isoformat(),
+        }
+    assert Path(store.bentoml_home(settings), "models", "flight_delay", "v1").is_dir()
