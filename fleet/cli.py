@@ -338,6 +338,26 @@ def _print_components(settings: Settings) -> None:
 
 
 @app.command()
+def build(model: Annotated[str, typer.Argument(help="model name from the catalog")]) -> None:
+    """`bentoml build` of one model's Bento, holding only its @champion version."""
+    settings = _setup()
+    from bentos.store import StoreError, bentoml_home, build_bento
+    from fleet.catalog import get_model
+
+    try:
+        get_model(model)
+        with console.status(f"building the {model} Bento (takes a minute)"):
+            tag = build_bento(settings, model)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    except StoreError as exc:
+        _fail(str(exc))
+    home = bentoml_home(settings)
+    console.print(f"built Bento {tag} in the Bento store {home}")
+    console.print(f"serve it on its own: BENTOML_HOME={home} bentoml serve {tag} --port 3001")
+
+
+@app.command()
 def stop(
     grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 15.0,
 ) -> None:

@@ -352,9 +352,7 @@ def _move_champion_under_load(settings: Settings, status: dict) -> None:
 
 @pytest.mark.integration
 def test_serve_micro_end_to_end(trained: Settings) -> None:
-    # reload=False: the gateway does not re-read its backends file yet, so the rolling
-    # update under load is not exercised; its rollback path is (see above)
-    _serve_check_stop(trained, "micro", {*MODELS, "gateway"}, reload=False)
+    _serve_check_stop(trained, "micro", {*MODELS, "gateway"}, reload=True)
 
 
 @pytest.mark.integration

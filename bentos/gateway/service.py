@@ -4,6 +4,9 @@ Thin shell over ``fleet.routing`` (which models), ``fleet.backends`` (how to cal
 and ``fleet.results`` (where combined results go). Topology from the environment:
 
 - micro (default): ``FLEET_GATEWAY_BACKENDS`` = JSON ``{"model": "http://127.0.0.1:3001"}``;
+  with ``FLEET_GATEWAY_BACKENDS_FILE`` the same JSON is re-read whenever the file
+  changes, so ``fleet serve --reload`` can move a model to a new process without a
+  restart (calls in flight finish on the old URL);
 - mono: ``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS`` = JSON
   ``{"model": "flight_delay:v3"}``, models loaded in this process from the Bento store.
 
@@ -18,6 +21,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -32,10 +36,11 @@ from fleet.settings import Settings
 logger = logging.getLogger("fleet.gateway")
 
 GatewayRequest = routing.gateway_request_model()
-MODE_ENV, BACKENDS_ENV, TAGS_ENV = (
+MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV = (
     "FLEET_GATEWAY_MODE",
     "FLEET_GATEWAY_BACKENDS",
     "FLEET_BENTO_MODEL_TAGS",
+    "FLEET_GATEWAY_BACKENDS_FILE",
 )
 # a stored result is part of the answer, but a stuck database must not hang requests
 STORE_BUDGET_S = 5.0
@@ -61,6 +66,8 @@ class Service:
         self.mode = os.environ.get(MODE_ENV, "micro")
         self.client = None
         self.backends: dict[str, backends.ModelBackend] = {}
+        self.backends_file: Path | None = None
+        self._backends_stamp: tuple[int, int] | None = None
         if self.mode == "mono":
             from bentos.store import load_model
 
@@ -72,9 +79,10 @@ class Service:
         elif self.mode == "micro":
             self.client = backends.make_http_client(self.settings.model_timeout_s)
             for name, url in _json_env(BACKENDS_ENV).items():
-                self.backends[name] = backends.HttpBackend(
-                    get_model(name), url, self.client, self.settings.model_timeout_s
-                )
+                self._set_url(name, url)
+            if os.environ.get(BACKENDS_FILE_ENV):
+                self.backends_file = Path(os.environ[BACKENDS_FILE_ENV])
+                self._refresh_backends()
         else:
             raise RuntimeError(f"{MODE_ENV} must be micro or mono, not {self.mode!r}")
         self.store = ResultStore(self.settings.results_db_url).create()
@@ -88,6 +96,7 @@ class Service:
         """Predictions of every model the request needs; per-model errors for the rest."""
         received = routing.utcnow()
         start = time.perf_counter()
+        self._refresh_backends()
         inputs = {
             kind: request[kind].model_dump()
             for kind in routing.record_kinds()
@@ -125,6 +134,7 @@ class Service:
     @info_app.get("/metadata")
     def metadata(self) -> dict[str, Any]:
         """Topology, backends and result store of this gateway."""
+        self._refresh_backends()
         return {
             "service": "gateway",
             "mode": self.mode,
@@ -133,6 +143,31 @@ class Service:
             "model_timeout_s": self.settings.model_timeout_s,
             "requests_served": self.served,
         }
+
+    def _set_url(self, name: str, url: str) -> None:
+        current = self.backends.get(name)
+        if getattr(current, "url", None) != url.rstrip("/"):
+            self.backends[name] = backends.HttpBackend(
+                get_model(name), url, self.client, self.settings.model_timeout_s
+            )
+
+    def _refresh_backends(self) -> None:
+        """Swap model URLs when the backends file changed (one stat per request)."""
+        if self.backends_file is None:
+            return
+        try:
+            stat = self.backends_file.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._backends_stamp:
+                return
+            urls = json.loads(self.backends_file.read_text())
+        except (OSError, ValueError) as exc:  # keep serving on the URLs we have
+            logger.warning("backends file %s unreadable: %s", self.backends_file, exc)
+            return
+        for name, url in urls.items():
+            self._set_url(get_model(name).name, str(url))
+        self._backends_stamp = stamp
+        logger.info("backends now %s", {n: b.describe() for n, b in self.backends.items()})
 
     @bentoml.on_shutdown
     async def close(self) -> None:
