@@ -7,6 +7,7 @@ the commands so ``fleet --help`` stays fast.
 from __future__ import annotations
 
 import json
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -24,7 +25,8 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: measured figures and ratios, JSON + markdown.")
 app.add_typer(bench_app, name="bench")
-console = Console()
+# piped output (logs, CI) gets room for whole table cells instead of rich's 80 columns
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 DateOption = Annotated[
     str | None, typer.Option(help="ISO date, e.g. 2013-03-04", show_default=False)
