@@ -23,10 +23,10 @@ $(UV):
 	$(UV) sync --locked --python $(PYTHON)
 	@touch $@
 
-# The main job: build the lake for the first window, train the fleet's first
-# champions through the GX gate, show the catalog.
+# The main job: the quick replay. Bootstrap champions on early 2013, then March to June
+# week by week through the served fleet: traffic, labels, drift jobs, retraining.
 run: setup
-	$(BIN)/fleet train --all --until 2013-03-04
+	$(BIN)/fleet replay --quick
 	$(BIN)/fleet models
 
 test: setup

@@ -9,16 +9,22 @@ No ``from __future__ import annotations`` here: BentoML reads the API methods'
 annotations, which are the per-model request classes of the enclosing factory.
 """
 
+import contextlib
 import os
+import shutil
+import struct
+import threading
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import bentoml
+from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from fastapi import FastAPI
 from pydantic import Field
 
 from bentos import store
-from fleet import serving, training
+from fleet import predictions, serving, training
 from fleet.catalog import get_model
 from fleet.settings import Settings
 
@@ -29,6 +35,10 @@ REQUEST_TIMEOUT_S = 30
 # prometheus_client must be imported in the worker after BentoML has set
 # PROMETHEUS_MULTIPROC_DIR, so the counters are made on first use, once per process
 _COUNTERS: dict[str, Any] = {}
+
+# concurrent requests of one worker: while one waits for its log commit, others predict,
+# and requests that wait together share one commit (fleet.predictions.PredictionRecorder)
+THREADS = 8
 
 
 def _counters() -> dict[str, Any]:
@@ -48,28 +58,62 @@ def _counters() -> dict[str, Any]:
     return _COUNTERS
 
 
-def served_requests(model: str) -> int:
-    """Requests answered by this service: all its workers when BentoML runs several."""
-    counters = _counters()
-    mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if mp_dir and Path(mp_dir).is_dir():
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.multiprocess import MultiProcessCollector
+class ServedCounter:
+    """Requests answered by one ``bentoml serve`` process, summed over its workers.
 
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=mp_dir)
-        families = registry.collect()
-    else:
-        families = counters["requests"].collect()
-    return int(
-        sum(
-            sample.value
-            for family in families
-            if family.name == "fleet_model_requests"
-            for sample in family.samples
-            if sample.name == "fleet_model_requests_total" and sample.labels["model"] == model
-        )
-    )
+    Not read from Prometheus: BentoML's multiprocess directory is
+    ``$BENTOML_HOME/prometheus_multiproc_dir``, shared by every service of a fleet, and
+    each ``bentoml serve`` empties it when it starts. A service started later (the
+    gateway, a model moved by ``fleet serve --reload``) deletes the running services'
+    counter files, whose counts then read 0. Each worker writes its own count to
+    ``<directory>/<pid>.count``; the directory is named after the server process.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self._fd = os.open(directory / f"{os.getpid()}.count", os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(self._fd, struct.pack("<q", 0), 0)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def increment(self) -> None:
+        with self._lock:
+            self._count += 1
+            os.pwrite(self._fd, struct.pack("<q", self._count), 0)
+
+    def total(self) -> int:
+        total = 0
+        for path in self.directory.glob("*.count"):
+            with contextlib.suppress(OSError):
+                data = path.read_bytes()
+                if len(data) == 8:
+                    total += struct.unpack("<q", data)[0]
+        return total
+
+
+def _server_key(pid: int) -> str | None:
+    """``<pid>-<start time>`` of a live process (a reused pid gets another key)."""
+    import psutil
+
+    try:
+        return f"{pid}-{int(psutil.Process(pid).create_time() * 1000)}"
+    except psutil.Error:
+        return None
+
+
+def served_dir(settings: Settings, model: str) -> Path:
+    """The counter directory of this worker's server (its parent process); directories
+    of servers that are gone are removed."""
+    base = settings.serving_dir / "served"
+    mine = f"{model}-{_server_key(os.getppid())}"
+    if base.is_dir():
+        for old in base.glob(f"{model}-*"):
+            pid = old.name.removeprefix(f"{model}-").split("-")[0]
+            key = _server_key(int(pid)) if pid.isdigit() else None
+            if old.name != mine and f"{model}-{key}" != old.name:
+                shutil.rmtree(old, ignore_errors=True)
+    return base / mine
 
 
 def pinned_tag(model: str) -> str | None:
@@ -90,6 +134,10 @@ def pinned_tag(model: str) -> str | None:
     return None
 
 
+def _record_dict(record: Any) -> dict[str, Any]:
+    return record.model_dump() if hasattr(record, "model_dump") else dict(record)
+
+
 def make_service(model_name: str) -> Any:
     """The BentoML service class of one catalog model."""
     spec = get_model(model_name)
@@ -104,6 +152,22 @@ def make_service(model_name: str) -> Any:
         store.require_model(tag)
     metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
+    def _logged(
+        version: str,
+        request_id: str,
+        record: Any,
+        answer: dict[str, Any],
+        event_time: datetime | None,
+    ) -> predictions.LoggedPrediction:
+        return predictions.LoggedPrediction(
+            model=spec.name,
+            version=version,
+            request_id=request_id,
+            features=_record_dict(record),
+            prediction=answer,
+            event_time=event_time,
+        )
+
     @bentoml.asgi_app(metadata_app, path="/")
     class ModelService:
         def __init__(self) -> None:
@@ -117,31 +181,72 @@ def make_service(model_name: str) -> Any:
             self._threads = training.limit_threads(1)
             self.loaded = store.load_model(tag)
             self.counters = _counters()
+            self.served = ServedCounter(served_dir(settings, spec.name))
+            self.log = predictions.PredictionLog(settings.predictions_db_url).create()
+            self.recorder = predictions.PredictionRecorder(self.log)
 
-        def _answer(self, records: list[Any], endpoint: str) -> list[dict[str, Any]]:
+        def _answer(
+            self, records: list[Any], endpoint: str, ctx: bentoml.Context
+        ) -> tuple[str, list[dict[str, Any]]]:
+            """Predict, log every record (committed before we answer), count; the id."""
+            headers = ctx.request.headers
+            try:
+                request_id = predictions.request_id_of(headers.get(predictions.REQUEST_ID_HEADER))
+                event_time = predictions.parse_event_time(
+                    headers.get(predictions.EVENT_TIME_HEADER)
+                )
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
             answers = serving.predict(spec, self.loaded.model, serving.to_frame(spec, records))
             version = self.loaded.version
+            ids = [request_id] if endpoint == "predict" else (
+                predictions.batch_request_ids(request_id, len(records))
+            )  # fmt: skip
+            rows = [
+                _logged(version, rid, record, answer, event_time)
+                for rid, record, answer in zip(ids, records, answers, strict=True)
+            ]
+            try:
+                self.recorder.record(rows)
+            except predictions.PredictionLogError as exc:
+                # never answer a prediction the log does not hold
+                raise ServiceUnavailable(f"prediction not logged: {exc}") from exc
+            ctx.response.headers[predictions.REQUEST_ID_HEADER] = request_id
             self.counters["requests"].labels(spec.name, version, endpoint).inc()
             self.counters["records"].labels(spec.name, version).inc(len(records))
-            return answers
+            self.served.increment()
+            return request_id, answers
 
         @bentoml.api
-        def predict(self, record: record_type) -> dict[str, Any]:  # type: ignore[valid-type]
-            """Predict one record; the answer names the model version that served it."""
-            (answer,) = self._answer([record], "predict")
+        def predict(
+            self,
+            record: record_type,  # type: ignore[valid-type]
+            ctx: bentoml.Context,
+        ) -> dict[str, Any]:
+            """Predict one record; the answer names the model version that served it.
+
+            Logged with the request id of header ``X-Request-ID`` (made when absent, and
+            returned in that header) and the event time of ``X-Fleet-Event-Time``.
+            """
+            _, (answer,) = self._answer([record], "predict", ctx)
             return {"model": spec.name, "version": self.loaded.version, "prediction": answer}
 
         @bentoml.api
         def predict_batch(
             self,
+            ctx: bentoml.Context,
             records: list[record_type] = Field(  # type: ignore[valid-type]  # noqa: B008 (BentoML reads it)
                 ...,
                 max_length=limit,
                 description=f"at most {limit} records (FLEET_MAX_BATCH_RECORDS)",
             ),
         ) -> dict[str, Any]:
-            """Predict a list of records, answers in request order."""
-            answers = self._answer(records, "predict_batch")
+            """Predict a list of records, answers in request order.
+
+            Each record is logged under ``<X-Request-ID>:<index>``, or under its own id when
+            the header lists exactly one comma-separated id per record.
+            """
+            _, answers = self._answer(records, "predict_batch", ctx)
             return {"model": spec.name, "version": self.loaded.version, "predictions": answers}
 
         @metadata_app.get("/metadata")
@@ -154,8 +259,14 @@ def make_service(model_name: str) -> Any:
                 "window": self.loaded.window,
                 "bento_model_tag": self.loaded.tag,
                 "features": list(spec.features),
-                "requests_served": served_requests(spec.name),
+                "requests_served": self.served.total(),
+                "predictions_db": self.log.display_url,
             }
+
+        @bentoml.on_shutdown
+        def close(self) -> None:
+            self.recorder.close()
+            self.log.dispose()
 
     if tag is not None:
         # a class attribute: `bentoml build` bundles exactly this model, never :latest
@@ -170,6 +281,7 @@ def make_service(model_name: str) -> Any:
     return bentoml.service(
         name=spec.name,
         workers=spec.serving.workers,
+        threads=THREADS,
         traffic={"timeout": REQUEST_TIMEOUT_S},
         envs=envs,
     )(ModelService)

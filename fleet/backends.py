@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from fleet import serving
+from fleet import predictions, serving
 from fleet.catalog import ModelSpec
-from fleet.routing import ModelAnswer, ModelFailure
+from fleet.routing import ModelAnswer, ModelFailure, RequestMeta
 
 # connection errors worth a retry: the request never reached a live handler
 RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
@@ -43,7 +43,7 @@ class ModelBackend(Protocol):
     name: str
     kind: str
 
-    async def predict(self, record: Mapping[str, Any]) -> ModelAnswer: ...
+    async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer: ...
 
     def describe(self) -> dict[str, Any]: ...
 
@@ -73,8 +73,17 @@ def _detail(response: httpx.Response) -> str:
     return text[:300] if text else response.reason_phrase
 
 
+def forward_headers(meta: RequestMeta) -> dict[str, str]:
+    """The request id and event time as the model service's logging headers."""
+    headers = {predictions.REQUEST_ID_HEADER: meta.request_id}
+    if meta.event_time is not None:
+        headers[predictions.EVENT_TIME_HEADER] = meta.event_time.isoformat()
+    return headers
+
+
 class HttpBackend:
-    """POST /predict of one model service; see the module docstring for the policy."""
+    """POST /predict of one model service, which logs the prediction under the gateway's
+    request id and event time; see the module docstring for the call policy."""
 
     kind = "http"
 
@@ -95,8 +104,9 @@ class HttpBackend:
         self.retries = retries
         self.backoff_s = backoff_s
 
-    async def predict(self, record: Mapping[str, Any]) -> ModelAnswer:
+    async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer:
         deadline = time.monotonic() + self.timeout_s
+        headers = forward_headers(meta)
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -106,6 +116,7 @@ class HttpBackend:
                 response = await self.client.post(
                     f"{self.url}/predict",
                     json={"record": dict(record)},
+                    headers=headers,
                     timeout=httpx.Timeout(remaining, connect=min(remaining, 1.0)),
                 )
             except RETRYABLE as exc:
@@ -146,16 +157,28 @@ class HttpBackend:
 
 class InProcessBackend:
     """A model loaded in this process (mono topology); predictions run on a thread so a
-    slow model cannot stall the event loop and the gateway's time budget still holds."""
+    slow model cannot stall the event loop and the gateway's time budget still holds.
+
+    With a ``recorder`` every prediction is logged as a model service logs it, and
+    only answered once committed: a prediction that cannot be logged is a failure.
+    """
 
     kind = "in-process"
 
-    def __init__(self, spec: ModelSpec, model: Any, version: str, tag: str = "") -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        model: Any,
+        version: str,
+        tag: str = "",
+        recorder: predictions.PredictionRecorder | None = None,
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.model = model
         self.version = str(version)
         self.tag = tag
+        self.recorder = recorder
 
     def predict_sync(self, record: Mapping[str, Any]) -> ModelAnswer:
         frame = serving.to_frame(self.spec, [record])
@@ -163,13 +186,27 @@ class InProcessBackend:
             self.name, self.version, serving.predict(self.spec, self.model, frame)[0]
         )
 
-    async def predict(self, record: Mapping[str, Any]) -> ModelAnswer:
+    async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer:
         try:
-            return await asyncio.to_thread(self.predict_sync, record)
+            answer = await asyncio.to_thread(self.predict_sync, record)
         except Exception as exc:
             raise BackendError(
                 self.name, f"prediction failed: {type(exc).__name__}: {exc}"
             ) from exc
+        if self.recorder is not None:
+            row = predictions.LoggedPrediction(
+                model=self.name,
+                version=self.version,
+                request_id=meta.request_id,
+                features=dict(record),
+                prediction=answer.prediction,
+                event_time=meta.event_time,
+            )
+            try:
+                await self.recorder.arecord([row])
+            except predictions.PredictionLogError as exc:
+                raise BackendError(self.name, f"prediction not logged: {exc}") from exc
+        return answer
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "tag": self.tag, "version": self.version}
@@ -179,12 +216,12 @@ class InProcessBackend:
 
 
 async def call(
-    backend: ModelBackend, record: Mapping[str, Any], budget_s: float
+    backend: ModelBackend, record: Mapping[str, Any], budget_s: float, meta: RequestMeta
 ) -> ModelAnswer | ModelFailure:
     """One backend call that always returns within ``budget_s``: an answer or a failure."""
     try:
         async with asyncio.timeout(budget_s):
-            return await backend.predict(record)
+            return await backend.predict(record, meta)
     except BackendError as exc:
         return ModelFailure(backend.name, str(exc))
     except TimeoutError:

@@ -353,6 +353,8 @@ MODELS: dict[str, ModelSpec] = {
             target="arr_delay",
             estimator=_flight_pipeline,
             promotion=PromotionRule(metric="mae", greater_is_better=False, margin=0.1),
+            # in minutes: a week's MAE over a few hundred flights moves by ~1-2 by chance
+            drift=DriftPolicy(quality_drop=3.0),
         ),
         ModelSpec(
             name="review_sentiment",
@@ -367,7 +369,8 @@ MODELS: dict[str, ModelSpec] = {
             # ~100 reviews a week: a longer window gives the text model enough to learn
             train_weeks=26,
             holdout_weeks=4,
-            drift=DriftPolicy(min_rows=150),
+            # ~100 reviews a week: weekly accuracy moves by ~0.05 by chance
+            drift=DriftPolicy(min_rows=150, quality_drop=0.08),
         ),
     )
 }

@@ -122,9 +122,8 @@ def train(
     if (model is None) == (not all_models):
         _fail("name one MODEL or pass --all", code=2)
     settings = _setup()
-    from prefect.task_runners import ThreadPoolTaskRunner
-
     from fleet.catalog import MODELS, get_model
+    from flows.runners import training_runner
     from flows.train import train_fleet_flow
 
     names = list(MODELS) if all_models else [model]
@@ -133,7 +132,10 @@ def train(
             get_model(name)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=2)
-    runner = ThreadPoolTaskRunner(max_workers=settings.train_workers)
+    try:
+        runner = training_runner(settings)  # FLEET_TASK_RUNNER: threads, dask or an address
+    except ValueError as exc:
+        _fail(str(exc), code=2)
     flow = train_fleet_flow.with_options(task_runner=runner)
     results = flow(models=names, until=_date(until, "--until"))
     table = Table(title="training")
@@ -212,6 +214,121 @@ def rollback(model: Annotated[str, typer.Argument(help="model name from the cata
     console.print(f"{model}: @champion moved from version {before} back to version {after}")
 
 
+WhenOption = Annotated[
+    str | None,
+    typer.Option(help="ISO date or datetime (UTC), e.g. 2013-03-04", show_default=False),
+]
+
+
+@app.command()
+def monitor(
+    model: Annotated[str, typer.Argument(help="model name from the catalog")],
+    start: WhenOption = None,
+    end: WhenOption = None,
+) -> None:
+    """Evidently drift job on the logged predictions, HTML report, trigger decision.
+
+    The window is [start, end) of logged event time; default: the last 7 logged days.
+    """
+    settings = _setup()
+    from fleet.catalog import get_model
+    from monitoring.frames import MonitorError
+    from monitoring.job import parse_when
+
+    try:
+        get_model(model)
+        for value, flag in ((start, "--start"), (end, "--end")):
+            if value is not None:
+                parse_when(value, flag)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    from flows.monitor import EVENT, monitor_flow
+
+    try:
+        outcome = monitor_flow(model=model, start=start, end=end)
+    except MonitorError as exc:
+        _fail(str(exc))
+    summary, decision = outcome.summary, outcome.decision
+    console.print(summary.text(), soft_wrap=True)
+    colour = "bold red" if decision.fire else "green"
+    console.print(f"decision: [{colour}]{decision.label}[/] ({decision.reason})", soft_wrap=True)
+    if outcome.event_emitted:
+        console.print(f"event: {EVENT} for fleet.model.{model}")
+    if outcome.retrain is not None:
+        console.print(f"retrain: {outcome.retrain.status} ({outcome.retrain.message})")
+    if not summary.report_path:
+        console.print("report: none (too few rows for the policy)")
+    console.print(f"index: {settings.reports_dir / 'index.html'}", soft_wrap=True)
+
+
+@app.command()
+def replay(
+    start: DateOption = None,
+    end: DateOption = None,
+    step: Annotated[str, typer.Option(help="week, day or a number of days such as 10d")] = "week",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="March to June, 700 flights a week (~10 min)")
+    ] = False,
+    topology: Annotated[str, typer.Option(help="micro or mono serving for the traffic")] = "micro",
+    flights_per_week: Annotated[
+        int | None, typer.Option(help="flights sent per step (default: all; --quick: 700)")
+    ] = None,
+) -> None:
+    """The closed loop over 2013: traffic, labels, drift jobs, retraining, promotion.
+
+    Bootstraps on the weeks before --start (default 2013-02-26), then steps to --end.
+    Writes $FLEET_HOME/reports/replay.html and replay.json.
+    """
+    settings = _setup()
+    from fleet import processes
+    from fleet.replay import ReplayError
+    from flows.replay import replay_flow
+
+    for value, flag in ((start, "--start"), (end, "--end")):
+        _date(value, flag)
+    try:
+        summary = replay_flow(
+            start=start,
+            end=end,
+            step=step,
+            quick=quick,
+            topology_name=topology,
+            flights_per_week=flights_per_week,
+        )
+    except (ReplayError, processes.ProcessError, ValueError) as exc:
+        _fail(str(exc))
+    _print_timeline(summary)
+    reports = settings.reports_dir
+    console.print(f"report: {reports / 'replay.html'}", soft_wrap=True)
+    console.print(f"data:   {reports / 'replay.json'}", soft_wrap=True)
+    console.print(f"drift reports: {reports / 'index.html'}", soft_wrap=True)
+
+
+def _print_timeline(summary: dict) -> None:
+    models = list(summary["models"])
+    table = Table(title="replay: weekly quality, closed loop (frozen)")
+    table.add_column("week", no_wrap=True)
+    for name in models:
+        table.add_column(f"{name} {summary['models'][name]['metric']}", no_wrap=True)
+    for week in summary["weeks"]:
+        cells = []
+        for name in models:
+            m = week["models"][name]
+            closed = "–" if m["closed_loop"] is None else f"{m['closed_loop']:.3f}"
+            frozen = "–" if m["frozen"] is None else f"{m['frozen']:.3f}"
+            act = {"promoted": " ▲ promoted", "kept": " retrained, kept"}.get(m["retrain"], "")
+            act = act or (f" retrain {m['retrain']}" if m["retrain"] else "")
+            cells.append(f"v{m['served_version']} {closed} ({frozen}){act}")
+        table.add_row(week["start"], *cells)
+    means = [
+        f"{summary['models'][n]['closed_loop']} ({summary['models'][n]['frozen']})" for n in models
+    ]
+    table.add_row("mean", *means)
+    console.print(table)
+
+
 @bench_app.command("pipeline")
 def bench_pipeline(
     model: Annotated[str, typer.Option(help="model to time")] = "flight_delay",
@@ -223,6 +340,101 @@ def bench_pipeline(
     from bench.pipeline import run_pipeline_bench
 
     results = run_pipeline_bench(settings, model, _date(until, "--until"), repeats)
+    console.print(results.markdown())
+    console.print(f"results: {results.json_path} and {results.markdown_path}")
+
+
+@bench_app.command("drift")
+def bench_drift(
+    sizes: Annotated[
+        str, typer.Option(help="comma-separated current window sizes (rows)")
+    ] = "10000,100000,1000000",
+    max_rows: Annotated[int, typer.Option(help="rows per side when sampling")] = 10_000,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """Drift job time and peak memory for flight_delay by window size, sampled and not."""
+    settings = _setup()
+    from bench.drift import RESULTS_DIR, run_drift_bench
+
+    try:
+        rows = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        _fail(f"--sizes {sizes!r}: give integers like 10000,100000", code=2)
+    results = run_drift_bench(
+        settings, rows, max_rows, out_dir or RESULTS_DIR, say=lambda line: console.print(line)
+    )
+    console.print(results.markdown())
+    console.print(f"results: {results.json_path} and {results.markdown_path}", soft_wrap=True)
+
+
+@bench_app.command("topology")
+def bench_topology(
+    requests: Annotated[int, typer.Option(help="measured requests per point")] = 600,
+    concurrency: Annotated[str, typer.Option(help="comma-separated client counts")] = "1,8,32",
+    quick: Annotated[
+        bool, typer.Option("--quick", help="smoke size: few requests, small simulations")
+    ] = False,
+    p99_budget: Annotated[
+        float, typer.Option(help="p99 (ms) a simulated layout must keep to count its load")
+    ] = 50.0,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """micro vs mono measured on this machine, then simulated on 1..64 machines."""
+    settings = _setup()
+    from bench.topology import RESULTS_DIR, run_topology_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        _fail(f"--concurrency {concurrency!r}: give integers like 1,8,32", code=2)
+    size: dict[str, object] = {"requests": requests}
+    if quick:
+        size = {"requests": min(requests, 60), "machines": (1, 8), "sim_requests": 400,
+                "advice_machines": (1,)}  # fmt: skip
+    bench = run_topology_bench(
+        settings,
+        levels=levels,
+        p99_budget_ms=p99_budget,
+        out_dir=out_dir or RESULTS_DIR,
+        say=lambda line: console.print(line, soft_wrap=True),
+        **size,  # type: ignore[arg-type]
+    )
+    val = bench.simulation["validation"]
+    console.print(
+        f"simulator validation error: {val['validation_error']:.1%} "
+        f"(target <= 15%: {'met' if val['met'] else 'MISSED'})"
+    )
+    console.print(f"results: {bench.json_path} and {bench.markdown_path}", soft_wrap=True)
+    console.print("document: docs/topology.md (generated section), plots: docs/topology/")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    model: Annotated[str, typer.Option(help="model to serve")] = "flight_delay",
+    requests: Annotated[int, typer.Option(help="measured requests per target and level")] = 2000,
+    warmup: Annotated[int, typer.Option(help="unmeasured requests before each level")] = 200,
+    concurrency: Annotated[str, typer.Option(help="comma-separated levels")] = "1,8,32",
+    time_bound: Annotated[
+        float, typer.Option(help="seconds at most per HTTP target (all levels)")
+    ] = 180.0,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """Single-record req/s and latency: in-process, model service, gateway, mlflow serve."""
+    settings = _setup()
+    from bench.serve import RESULTS_DIR, run_serve_bench
+    from fleet.catalog import get_model
+
+    try:
+        get_model(model)
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+    except ValueError:
+        _fail(f"--concurrency {concurrency!r}: give integers like 1,8,32", code=2)
+    results = run_serve_bench(
+        settings, model, requests, warmup, levels, time_bound, out_dir or RESULTS_DIR,
+        say=console.print,
+    )  # fmt: skip
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 
@@ -274,32 +486,13 @@ def serve(
         names = topo.resolve_models(models.split(",") if models else None)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=2)
-    wanted = set(names) | {topo.GATEWAY} if topology == "micro" else {topo.GATEWAY}
-    already = topo.running(settings)
-    if already:
-        same = {r.name for r in already} == wanted and all(r.topology == topology for r in already)
-        if same and all(processes.is_healthy(r.url) for r in already):
-            console.print(f"the fleet is already running ({topology}); nothing started")
-            _print_components(settings)
-            return
-        running = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
-        _fail(f"already running: {running}; run `fleet stop` first")
-
-    from fleet.registry import champion_info
-
-    missing = [name for name in names if champion_info(settings, name) is None]
-    if missing:
-        hints = "; ".join(f"run `fleet train {name}` first" for name in missing)
-        _fail(f"no @champion yet for {', '.join(missing)}: {hints}")
-    from bentos.store import import_champion
-
-    tags = {name: import_champion(settings, name) for name in names}
-    plan = topo.plan(settings, topology, names, tags)  # type: ignore[arg-type]
-    console.print(f"starting {topology}: {', '.join(plan.names)} ...")
+    console.print(f"starting {topology}: {', '.join(names)} ...")
     try:
-        topo.start_plan(settings, plan, timeout=timeout)
+        _, started = topo.start_fleet(settings, topology, names, timeout=timeout)
     except processes.ProcessError as exc:
         _fail(str(exc))
+    if not started:
+        console.print(f"the fleet is already running ({topology}); nothing started")
     _print_components(settings)
     console.print("stop with `fleet stop`")
 
@@ -309,14 +502,7 @@ def _reload(settings: Settings, timeout: float) -> None:
     from fleet import topology as topo
 
     try:
-        names = topo.served_models(settings)
-    except processes.ProcessError as exc:
-        _fail(str(exc))
-    from bentos.store import import_champion
-
-    tags = {name: import_champion(settings, name) for name in names}
-    try:
-        swaps = topo.update(settings, tags, timeout=timeout)
+        swaps = topo.reload_champions(settings, timeout=timeout)
     except processes.ProcessError as exc:
         _fail(f"{exc}; the previous versions keep serving")
     if not swaps:
@@ -380,13 +566,15 @@ def stop(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object, nothing else")] = False,
 ) -> None:
-    """Running components: url, pid and whether /readyz answers."""
+    """Running components (stack servers, services): url, pid and whether they are healthy."""
     settings = _setup()
-    from fleet import processes
+    from fleet import processes, stack
 
     found = processes.status(settings)
+    servers = [c for c in stack.servers(settings) if c.detail != "process gone"]
     if as_json:
-        payload = {
+        payload = {c.name: {"url": c.url, "pid": c.pid, "healthy": c.healthy} for c in servers}
+        payload |= {
             s.running.name: {"url": s.running.url, "pid": s.running.pid, "healthy": s.healthy}
             for s in found
             if s.alive
@@ -394,10 +582,71 @@ def status(
         # plain print: rich would wrap or colour the JSON
         print(json.dumps(payload))
         return
-    if not found:
-        console.print("nothing running; start the fleet with `fleet serve`")
+    if not found and not servers:
+        console.print("nothing running; start the stack with `fleet up` (or `fleet serve`)")
         return
-    _print_components(settings)
+    if servers:
+        _print_stack(settings)
+    if found:
+        _print_components(settings)
+
+
+def _print_stack(settings: Settings) -> None:
+    from fleet import processes, stack
+
+    table = Table(title="stack")
+    for column in ("component", "url", "pid", "healthy"):
+        table.add_column(column, no_wrap=True)
+    for c in stack.servers(settings):
+        state = "[green]yes[/]" if c.healthy else f"[red]no[/] {c.detail}".strip()
+        table.add_row(c.name, c.url, "-" if c.pid is None else str(c.pid), state)
+    console.print(table)
+    logs = processes.logs_dir(settings, stack.STACK)
+    console.print(f"logs: {logs}/<component>.log", soft_wrap=True)
+
+
+@app.command()
+def up(
+    serve: Annotated[
+        bool, typer.Option(help="also serve every model that has a @champion, with the gateway")
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option(help="seconds each component may take to become healthy")
+    ] = 300.0,
+) -> None:
+    """Start the local stack: Prefect server + deployments + worker, MLflow UI, services."""
+    settings = _setup()
+    from fleet import processes, stack
+
+    try:
+        stack.up(settings, timeout=timeout, serve=serve, say=console.print)
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    _print_stack(settings)
+    if processes.read_pid_files(settings):
+        _print_components(settings)
+    urls = {c.name: c.url for c in stack.servers(settings)}
+    console.print(f"Prefect UI: {urls.get(stack.PREFECT, '-')}")
+    console.print(f"Prefect API: {stack.prefect_api_url(settings)} (set PREFECT_API_URL to use it)")
+    console.print(f"MLflow UI: {urls.get(stack.MLFLOW, '-')}")
+    console.print("stop everything with `fleet down`")
+
+
+@app.command()
+def down(
+    grace: Annotated[float, typer.Option(help="seconds between SIGTERM and SIGKILL")] = 15.0,
+) -> None:
+    """Stop exactly what `fleet up` started (recorded pid files), nothing else."""
+    settings = _setup()
+    from fleet import stack
+
+    done = stack.down(settings, grace=grace)
+    if not done:
+        console.print("nothing to stop: no stack component is recorded as running")
+        return
+    for running, was_alive in done:
+        what = "stopped" if was_alive else "was not running (stale pid file removed)"
+        console.print(f"{running.name} (pid {running.pid}, {running.url}): {what}")
 
 
 def main() -> None:

@@ -8,6 +8,9 @@ the real data *and* fast single-row prediction for serving:
   values at serve time become "missing" instead of raising) and fed to
   HistGradientBoosting as native categorical features; numbers pass through (the
   booster handles missing values itself, so no imputation and no scaling are needed).
+  The encoding is :class:`fleet.encoding.FrameEncoder`, a dictionary lookup per value: on one row it
+  costs ~0.1 ms where a ColumnTransformer with an OrdinalEncoder cost ~6 ms, which was
+  most of a single prediction's time.
   100 boosting rounds fit 8 weeks of flights (~45k rows) in about a second.
   Regression optimises absolute error because the promotion metric is MAE and arrival
   delays are heavy-tailed.
@@ -20,8 +23,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
@@ -31,11 +32,11 @@ SEED = 13
 
 
 def tabular_pipeline(spec: ModelSpec) -> Pipeline:
-    """ColumnTransformer over the spec's feature columns + a gradient-boosted tree model."""
-    from sklearn.compose import ColumnTransformer
+    """:class:`~fleet.encoding.FrameEncoder` over the features + a gradient-boosted tree model."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OrdinalEncoder
+
+    from fleet.encoding import FrameEncoder
 
     categorical = [c for c in spec.feature_columns if c.kind == "categorical"]
     numeric = [c.name for c in spec.feature_columns if c.kind in ("numeric", "integer")]
@@ -45,22 +46,9 @@ def tabular_pipeline(spec: ModelSpec) -> Pipeline:
     if other:
         raise ValueError(f"{spec.name}: tabular pipeline cannot use columns {other}")
 
-    transformers = []
-    if categorical:
-        encoder = OrdinalEncoder(
-            # the catalog's categories fix the encoding: the same code means the same value
-            # in every version; anything else (new route, typo) becomes missing
-            categories=[list(c.categories) if c.categories else "auto" for c in categorical],
-            handle_unknown="use_encoded_value",
-            unknown_value=np.nan,
-            encoded_missing_value=np.nan,
-        )
-        transformers.append(("categorical", encoder, [c.name for c in categorical]))
-    if numeric:
-        transformers.append(("numeric", "passthrough", numeric))
-    columns = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
+    columns = FrameEncoder({c.name: c.categories for c in categorical}, tuple(numeric))
     n_categorical = len(categorical)
-    # categorical columns come first in the transformer's output
+    # categorical columns come first in the encoder's output
     is_categorical = [i < n_categorical for i in range(n_categorical + len(numeric))]
 
     common = {

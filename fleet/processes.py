@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from fleet.settings import Settings
 
 HEALTH_PATH = "/readyz"
+# Components are recorded per group: the serving fleet (`fleet serve` / `fleet stop`) and
+# the local stack's servers (`fleet up` / `fleet down`) never see each other's pid files.
+SERVING = "serving"
 
 
 class ProcessError(RuntimeError):
@@ -55,6 +58,7 @@ class Launch:
     cwd: Path | None = None
     port_hint: str = ""  # the setting or flag that changes the port, for error messages
     meta: dict[str, str] = field(default_factory=dict)  # recorded in the pid file as is
+    health_path: str = HEALTH_PATH  # answers 200 once the component is ready
 
     @property
     def url(self) -> str:
@@ -75,31 +79,37 @@ class Running:
     proc_start: int | None = None  # kernel start time of the pid (clock ticks), Linux
     topology: str | None = None
     meta: dict[str, str] = field(default_factory=dict)
+    health_path: str = HEALTH_PATH
+    group: str = SERVING
 
 
 @dataclass(frozen=True)
 class Status:
-    """One recorded component: is its process alive, does it answer /readyz."""
+    """One recorded component: is its process alive, does it answer its health path."""
 
     running: Running
     alive: bool
     healthy: bool
 
 
-def pids_dir(settings: Settings) -> Path:
-    return settings.serving_dir / "pids"
+def group_dir(settings: Settings, group: str = SERVING) -> Path:
+    return settings.serving_dir if group == SERVING else settings.root / group
 
 
-def logs_dir(settings: Settings) -> Path:
-    return settings.serving_dir / "logs"
+def pids_dir(settings: Settings, group: str = SERVING) -> Path:
+    return group_dir(settings, group) / "pids"
 
 
-def pid_path(settings: Settings, name: str) -> Path:
-    return pids_dir(settings) / f"{name}.json"
+def logs_dir(settings: Settings, group: str = SERVING) -> Path:
+    return group_dir(settings, group) / "logs"
 
 
-def log_path(settings: Settings, name: str) -> Path:
-    return logs_dir(settings) / f"{name}.log"
+def pid_path(settings: Settings, name: str, group: str = SERVING) -> Path:
+    return pids_dir(settings, group) / f"{name}.json"
+
+
+def log_path(settings: Settings, name: str, group: str = SERVING) -> Path:
+    return logs_dir(settings, group) / f"{name}.log"
 
 
 def port_free(host: str, port: int) -> bool:
@@ -171,17 +181,17 @@ def is_alive(running: Running) -> bool:
     return running.proc_start is None or _proc_start(running.pid) == running.proc_start
 
 
-def is_healthy(url: str, timeout: float = 1.0) -> bool:
-    """True when ``GET <url>/readyz`` answers 200 within ``timeout`` seconds."""
+def is_healthy(url: str, timeout: float = 1.0, path: str = HEALTH_PATH) -> bool:
+    """True when ``GET <url><path>`` answers 200 within ``timeout`` seconds."""
     try:
-        with urllib.request.urlopen(url + HEALTH_PATH, timeout=timeout) as response:
+        with urllib.request.urlopen(url + path, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
 def write_pid_file(settings: Settings, running: Running) -> Path:
-    path = pid_path(settings, running.name)
+    path = pid_path(settings, running.name, running.group)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(running), indent=2))
@@ -189,10 +199,10 @@ def write_pid_file(settings: Settings, running: Running) -> Path:
     return path
 
 
-def read_pid_files(settings: Settings) -> list[Running]:
-    """Every component recorded under the serving directory, sorted by name."""
+def read_pid_files(settings: Settings, group: str = SERVING) -> list[Running]:
+    """Every component recorded in ``group`` (default: serving), sorted by name."""
     found = []
-    for path in sorted(pids_dir(settings).glob("*.json")):
+    for path in sorted(pids_dir(settings, group).glob("*.json")):
         try:
             found.append(Running(**json.loads(path.read_text())))
         except (OSError, ValueError, TypeError):
@@ -200,8 +210,8 @@ def read_pid_files(settings: Settings) -> list[Running]:
     return found
 
 
-def remove_pid_file(settings: Settings, name: str) -> None:
-    pid_path(settings, name).unlink(missing_ok=True)
+def remove_pid_file(settings: Settings, name: str, group: str = SERVING) -> None:
+    pid_path(settings, name, group).unlink(missing_ok=True)
 
 
 def rename(settings: Settings, running: Running, name: str) -> Running:
@@ -209,7 +219,7 @@ def rename(settings: Settings, running: Running, name: str) -> Running:
     renamed = replace(running, name=name)
     write_pid_file(settings, renamed)
     if running.name != name:
-        remove_pid_file(settings, running.name)
+        remove_pid_file(settings, running.name, running.group)
     return renamed
 
 
@@ -221,22 +231,25 @@ def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def start(settings: Settings, launch: Launch, topology: str | None = None) -> Running:
+def start(
+    settings: Settings, launch: Launch, topology: str | None = None, group: str = SERVING
+) -> Running:
     """Start ``launch`` as a detached process group and record it in its pid file.
 
     Refuses when the component is already running or its port is taken.
     """
-    existing = pid_path(settings, launch.name)
+    existing = pid_path(settings, launch.name, group)
     if existing.exists():
-        for running in read_pid_files(settings):
+        for running in read_pid_files(settings, group):
             if running.name == launch.name and is_alive(running):
+                how = "`fleet stop`" if group == SERVING else "`fleet down`"
                 raise ProcessError(
                     f"{launch.name} is already running (pid {running.pid}, {running.url}); "
-                    "stop it first with `fleet stop`"
+                    f"stop it first with {how}"
                 )
         existing.unlink(missing_ok=True)  # stale: its process is gone
     check_port(launch)
-    log = log_path(settings, launch.name)
+    log = log_path(settings, launch.name, group)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **launch.env}
     with log.open("ab") as out:
@@ -262,16 +275,18 @@ def start(settings: Settings, launch: Launch, topology: str | None = None) -> Ru
         proc_start=_proc_start(proc.pid),
         topology=topology,
         meta=dict(launch.meta),
+        health_path=launch.health_path,
+        group=group,
     )
     write_pid_file(settings, running)
     return running
 
 
 def wait_healthy(running: Running, timeout: float, interval: float = 0.25) -> None:
-    """Wait until the component answers /readyz; raise :class:`NotHealthy` otherwise."""
+    """Wait until the component answers its health path; raise :class:`NotHealthy` otherwise."""
     deadline = time.monotonic() + timeout
     while True:
-        if is_healthy(running.url, timeout=min(2.0, max(interval, 0.5))):
+        if is_healthy(running.url, min(2.0, max(interval, 0.5)), running.health_path):
             return
         if not is_alive(running):
             raise NotHealthy(
@@ -280,7 +295,7 @@ def wait_healthy(running: Running, timeout: float, interval: float = 0.25) -> No
             )
         if time.monotonic() >= deadline:
             raise NotHealthy(
-                f"{running.name} did not answer {running.url}{HEALTH_PATH} within "
+                f"{running.name} did not answer {running.url}{running.health_path} within "
                 f"{timeout:.0f} s; see its log {running.log}:\n{_tail(Path(running.log))}"
             )
         time.sleep(interval)
@@ -374,7 +389,7 @@ def stop(settings: Settings, running: Running, grace: float = 15.0) -> bool:
             while _remaining(running.pid, tree) and time.monotonic() < deadline:
                 time.sleep(0.05)
         stopped = True
-    remove_pid_file(settings, running.name)
+    remove_pid_file(settings, running.name, running.group)
     return stopped
 
 
@@ -385,10 +400,11 @@ def stop_all(settings: Settings, grace: float = 15.0) -> list[tuple[Running, boo
     return [(running, stop(settings, running, grace)) for running in recorded]
 
 
-def status(settings: Settings, timeout: float = 1.0) -> list[Status]:
-    """Every recorded component with liveness and /readyz health."""
+def status(settings: Settings, timeout: float = 1.0, group: str = SERVING) -> list[Status]:
+    """Every component recorded in ``group`` with liveness and health."""
     out = []
-    for running in read_pid_files(settings):
+    for running in read_pid_files(settings, group):
         alive = is_alive(running)
-        out.append(Status(running, alive, alive and is_healthy(running.url, timeout)))
+        healthy = alive and is_healthy(running.url, timeout, running.health_path)
+        out.append(Status(running, alive, healthy))
     return out

@@ -31,6 +31,15 @@ class ModelAnswer:
 
 
 @dataclass(frozen=True)
+class RequestMeta:
+    """What every model call of one gateway request carries: the id the predictions are
+    logged under (the label join key) and when the event happened (None: now)."""
+
+    request_id: str
+    event_time: datetime | None = None
+
+
+@dataclass(frozen=True)
 class ModelFailure:
     """One model that did not answer; ``message`` names the model and says why."""
 
@@ -178,12 +187,34 @@ def gateway_request_model() -> type[Any]:
 
     from fleet import serving
 
-    examples: dict[str, Any] = {"request_id": "req-0001"}
+    # the record's business key as request id: ground truth arriving later joins on it
+    examples: dict[str, Any] = {
+        "request_id": "2013-03-04-UA1545-EWR",
+        "event_time": "2013-03-04T12:00:00+00:00",
+    }
     fields: dict[str, Any] = {
         "request_id": (
             Optional[str],  # noqa: UP045 (runtime type)
-            Field(None, min_length=1, max_length=128, description="your id; made if absent"),
-        )
+            Field(
+                None,
+                min_length=1,
+                max_length=128,
+                description=(
+                    "your id, e.g. the record's business key (flight_id); the prediction log "
+                    "keeps it and labels join on it; made if absent"
+                ),
+            ),
+        ),
+        "event_time": (
+            Optional[datetime],  # noqa: UP045 (pydantic parses ISO 8601)
+            Field(
+                None,
+                description=(
+                    "when the event happened in the caller's clock, ISO 8601 (no offset: "
+                    "UTC); the prediction log's windows use it; default now"
+                ),
+            ),
+        ),
     }
     for kind in record_kinds():
         spec = input_spec(kind)

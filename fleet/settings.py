@@ -47,8 +47,19 @@ class Settings(BaseSettings):
     results_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the gateway's result store"
     )
+    predictions_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the prediction log"
+    )
     model_timeout_s: float = Field(default=2.0, gt=0, description="gateway -> model timeout")
     max_batch_records: int = Field(default=1000, ge=1, description="largest batch request")
+    # the local stack (`fleet up`): every server binds serve_host
+    prefect_port: int = Field(default=4200, description="local Prefect server (API + UI)")
+    mlflow_port: int = Field(default=5000, description="local MLflow server (UI + API)")
+    worker_port: int = Field(default=4201, description="Prefect worker's health endpoint")
+    task_runner: str = Field(
+        default="threads",
+        description="training parallelism: threads, dask (local cluster) or a Dask address",
+    )
 
     @cached_property
     def root(self) -> Path:
@@ -97,6 +108,10 @@ class Settings(BaseSettings):
         return self.results_url or f"sqlite:///{self.serving_dir / 'results.db'}"
 
     @property
+    def predictions_db_url(self) -> str:
+        return self.predictions_url or f"sqlite:///{self.serving_dir / 'predictions.db'}"
+
+    @property
     def prefect_home(self) -> Path:
         return self.root / "prefect"
 
@@ -120,3 +135,5 @@ def prepare_environment(settings: Settings) -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
     os.environ.setdefault("BENTOML_HOME", str(settings.root / "bentoml"))
     os.environ.setdefault("FLEET_HOME", str(settings.root))
+    # copying a model between local stores is instant; its progress bars are log noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

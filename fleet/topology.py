@@ -68,6 +68,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "BENTOML_DO_NOT_TRACK": "true",
         "FLEET_RESULTS_URL": settings.results_db_url,
+        # every service logs its predictions here (fleet.predictions)
+        "FLEET_PREDICTIONS_URL": settings.predictions_db_url,
         "FLEET_MODEL_TIMEOUT_S": str(settings.model_timeout_s),
         "FLEET_MAX_BATCH_RECORDS": str(settings.max_batch_records),
     }
@@ -321,3 +323,53 @@ def _update_mono(
         settings, replace(gateway, meta={**gateway.meta, "tags": json.dumps(wanted)})
     )
     return [Swap(name, served[name], wanted[name], gateway.url) for name in changed]
+
+
+# --- the whole step on the current champions, for the CLI, `fleet up` and the replay ---
+
+
+class NoChampion(processes.ProcessError):
+    """A model to serve has no @champion yet."""
+
+
+def start_fleet(
+    settings: Settings,
+    topology: str = "micro",
+    names: list[str] | None = None,
+    timeout: float = 180.0,
+) -> tuple[list[Running], bool]:
+    """Serve the champions of ``names`` (default: all) and wait until healthy.
+
+    Returns the components and whether they were started now (False: the same fleet
+    was already running and healthy). Anything else already running is an error.
+    """
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topology!r}; choose one of: {', '.join(TOPOLOGIES)}")
+    models = resolve_models(names)
+    wanted = set(models) | {GATEWAY} if topology == "micro" else {GATEWAY}
+    already = running(settings)
+    if already:
+        same = {r.name for r in already} == wanted and all(r.topology == topology for r in already)
+        if same and all(processes.is_healthy(r.url) for r in already):
+            return already, False
+        found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
+        raise processes.ProcessError(f"already running: {found}; run `fleet stop` first")
+
+    from bentos.store import import_champion
+    from fleet.registry import champion_info
+
+    missing = [name for name in models if champion_info(settings, name) is None]
+    if missing:
+        hints = "; ".join(f"run `fleet train {name}` first" for name in missing)
+        raise NoChampion(f"no @champion yet for {', '.join(missing)}: {hints}")
+    tags = {name: import_champion(settings, name) for name in models}
+    fleet_plan = plan(settings, topology, models, tags)  # type: ignore[arg-type]
+    return start_plan(settings, fleet_plan, timeout=timeout), True
+
+
+def reload_champions(settings: Settings, timeout: float = 180.0) -> list[Swap]:
+    """Move the running fleet to each served model's current @champion, no downtime."""
+    from bentos.store import import_champion
+
+    tags = {name: import_champion(settings, name) for name in served_models(settings)}
+    return update(settings, tags, timeout=timeout)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from fleet import lake
+from fleet.etl import DATA_START
 
 if TYPE_CHECKING:
     from fleet.catalog import ModelSpec
@@ -67,14 +68,18 @@ class Window:
 
 
 def training_window(spec: ModelSpec, until: date) -> Window:
-    """The window ending (exclusive) at ``until``: the last ``holdout_weeks`` are held out."""
+    """The window ending (exclusive) at ``until``: the last ``holdout_weeks`` are held out.
+
+    The data begin on ``DATA_START``: a window reaching further back is cut there (the
+    replay's bootstrap trains the review model on eight weeks, not its usual 26).
+    """
     if spec.holdout_weeks < 1 or spec.train_weeks <= spec.holdout_weeks:
         raise ValueError(
             f"{spec.name}: train_weeks ({spec.train_weeks}) must exceed holdout_weeks "
             f"({spec.holdout_weeks}) >= 1"
         )
     return Window(
-        start=until - timedelta(weeks=spec.train_weeks),
+        start=max(until - timedelta(weeks=spec.train_weeks), DATA_START),
         split=until - timedelta(weeks=spec.holdout_weeks),
         end=until,
     )
@@ -197,30 +202,56 @@ def score(
 
 
 def _score(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    if spec.task == "regression":
+        return prediction_scores(spec, y, value=np.asarray(model.predict(X), dtype=float))
+    proba = model.predict_proba(X)
+    classes = np.asarray(model.classes_)
+    return prediction_scores(
+        spec,
+        y,
+        probability=np.asarray(proba[:, positive_index(spec, model)], dtype=float),
+        label=classes[np.argmax(proba, axis=1)],
+    )
+
+
+def prediction_scores(
+    spec: ModelSpec,
+    y: pd.Series,
+    *,
+    value: np.ndarray | None = None,
+    probability: np.ndarray | None = None,
+    label: np.ndarray | None = None,
+) -> dict[str, float]:
+    """The metrics of predictions already made: by a model here, or as served and logged.
+
+    Regression takes ``value``; classification the positive class's ``probability``
+    (``spec.labels[-1]``) and the predicted ``label``.
+    """
     from sklearn import metrics
 
+    if len(y) == 0:
+        raise ValueError(f"{spec.name}: nothing to score on (no labelled rows)")
     out: dict[str, float] = {"rows": float(len(y))}
     if spec.task == "regression":
-        pred = np.asarray(model.predict(X), dtype=float)
+        pred = np.asarray(value, dtype=float)
         out["mae"] = metrics.mean_absolute_error(y, pred)
         out["rmse"] = float(np.sqrt(metrics.mean_squared_error(y, pred)))
         out["median_ae"] = metrics.median_absolute_error(y, pred)
-        out["r2"] = metrics.r2_score(y, pred)
+        out["r2"] = metrics.r2_score(y, pred) if len(y) > 1 else float("nan")
     else:
-        proba = model.predict_proba(X)
-        pos = positive_index(spec, model)
-        classes = np.asarray(model.classes_)
-        pred = classes[np.argmax(proba, axis=1)]
-        truth = np.asarray([str(v) for v in y]) == str(classes[pos])
-        out["accuracy"] = metrics.accuracy_score(y.astype(str), pd.Series(pred).astype(str))
+        positive = spec.labels[-1] if spec.labels else None
+        pos_proba = np.asarray(probability, dtype=float)
+        pred = np.asarray([str(v) for v in np.asarray(label)])
+        truth = np.asarray([str(v) for v in y]) == str(positive)
+        out["accuracy"] = metrics.accuracy_score(np.asarray([str(v) for v in y]), pred)
         # one class only in the holdout: AUC is undefined, say so with NaN
         out["roc_auc"] = (
-            metrics.roc_auc_score(truth, proba[:, pos])
+            metrics.roc_auc_score(truth, pos_proba)
             if truth.any() and not truth.all()
             else float("nan")
         )
-        out["log_loss"] = metrics.log_loss(truth, proba[:, pos], labels=[False, True])
-        out["f1"] = metrics.f1_score(truth, np.asarray(pred).astype(str) == str(classes[pos]))
+        out["log_loss"] = metrics.log_loss(truth, pos_proba, labels=[False, True])
+        out["f1"] = metrics.f1_score(truth, pred == str(positive))
         out["positive_rate"] = float(truth.mean())
     metric = spec.promotion.metric
     if metric not in out:

@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 
 from bentos import store
-from fleet import etl, lake, registry
+from fleet import etl, lake, registry, serving
 from fleet.catalog import MODELS, get_model
 from fleet.settings import REPO_ROOT, Settings
 
@@ -79,26 +79,7 @@ def records(state: ServingState, model: str, n: int) -> list[dict]:
     """``n`` real request records for ``model`` from the state's window (JSON-ready)."""
     spec = get_model(model)
     table = state.flights if spec.dataset.name == "flights" else state.reviews
-    rows = table[list(spec.features)].sample(n=n, random_state=7)
-    rows = rows.astype(object).where(rows.notna(), None)
-    out = []
-    for row in rows.to_dict(orient="records"):
-        # numpy scalars -> plain JSON types, integer columns as ints
-        out.append(
-            {
-                c.name: (
-                    None
-                    if row[c.name] is None
-                    else int(row[c.name])
-                    if c.kind == "integer"
-                    else float(row[c.name])
-                    if c.kind == "numeric"
-                    else str(row[c.name])
-                )
-                for c in spec.feature_columns
-            }
-        )
-    return out
+    return serving.json_records(spec, table.sample(n=n, random_state=7))
 
 
 def free_port() -> int:
@@ -150,3 +131,15 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
+
+
+def fill_lake(
+    settings: Settings, dataset: str, table: pd.DataFrame, first: date, last: date
+) -> None:
+    """Write the real ETL partitions of ``first..last`` from a raw source table."""
+    from fleet.catalog import get_dataset
+
+    for day, frame in etl.build_partitions(
+        get_dataset(dataset), table, lake.days(first, last)
+    ).items():
+        lake.write_partition(settings.lake_dir, dataset, day, frame)

@@ -13,6 +13,7 @@ import os
 import signal
 import statistics
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 from bentos import store
 from fleet import serving
 from fleet.catalog import MODELS, get_model
+from fleet.predictions import PredictionLog
 from fleet.results import ResultStore
 from fleet.settings import REPO_ROOT, TELEMETRY_OFF
 from tests.serving_fixtures import (
@@ -116,6 +118,16 @@ def served(service: ServiceProcess) -> int:
     return httpx.get(f"{service.url}/metadata", timeout=5).json()["requests_served"]
 
 
+def logged_ids(state: ServingState, model: str, prefix: str) -> list[str]:
+    """Request ids starting with ``prefix`` in the prediction log of ``model``, sorted."""
+    log = PredictionLog(state.settings.predictions_db_url)
+    try:
+        ids = log.read(model)["request_id"]
+    finally:
+        log.dispose()
+    return sorted(i for i in ids if i.startswith(prefix))
+
+
 def expected(in_process: dict, name: str, record: dict) -> dict:
     spec = get_model(name)
     frame = serving.to_frame(spec, [record])
@@ -128,7 +140,10 @@ def test_requests_reach_only_the_models_they_need(fleet, state, in_process) -> N
     review = records(state, "review_sentiment", 1)[0]
     before = {name: served(s) for name, s in services.items()}
 
-    r = httpx.post(f"{gateway.url}/predict", json={"request_id": "f-1", "flight": flight})
+    r = httpx.post(
+        f"{gateway.url}/predict",
+        json={"request_id": "f-1", "event_time": "2013-05-06T07:08:09", "flight": flight},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["request_id"] == "f-1" and body["errors"] == {} and body["stored"] is True
@@ -171,6 +186,20 @@ def test_requests_reach_only_the_models_they_need(fleet, state, in_process) -> N
     assert stored.versions == {m: in_process[m].version for m in FLIGHT_MODELS}
     assert stored.errors == {} and stored.latency_ms > 0
 
+    # each model service logged its prediction under the forwarded id and event time
+    log = PredictionLog(state.settings.predictions_db_url)
+    try:
+        at = datetime(2013, 5, 6, 7, 8, 9, tzinfo=UTC)
+        for name in FLIGHT_MODELS:
+            [row] = log.read(name, at, at + timedelta(seconds=1)).to_dict(orient="records")
+            assert (row["request_id"], row["event_time"]) == ("f-1", at)
+            assert row["version"] == body["results"][name]["version"]
+            answer = {k.removeprefix("prediction_"): v for k, v in row.items()
+                      if k.startswith("prediction_")}  # fmt: skip
+            assert answer == body["results"][name]["prediction"]
+    finally:
+        log.dispose()
+
     meta = httpx.get(f"{gateway.url}/metadata").json()
     assert meta["mode"] == "micro" and meta["requests_served"] >= 3
     assert {n: b["url"] for n, b in meta["backends"].items()} == {
@@ -189,6 +218,7 @@ def test_bad_requests_are_4xx_naming_the_problem(fleet, state) -> None:
         ({"flight": flight, "models": ["no_such_model"]}, "no_such_model"),
         ({"flight": flight, "models": ["review_sentiment"]}, "review"),
         ({}, "flight"),
+        ({"flight": flight, "event_time": "last tuesday"}, "event_time"),
     ]
     for body, needle in cases:
         r = httpx.post(url, json=body)
@@ -258,6 +288,11 @@ def test_concurrency_32_without_errors(fleet, state) -> None:
     assert stored.get("load-299") is not None and stored.get("load-0").versions.keys() == set(
         MODELS
     )
+    # every model service logged each of its predictions under the gateway's request id
+    ids = {name: logged_ids(state, name, "load-") for name in MODELS}
+    want = [b["request_id"] for b in bodies]
+    assert ids["flight_delay"] == ids["arrival_delay"] == sorted(want)
+    assert ids["review_sentiment"] == sorted(b["request_id"] for b in bodies if "review" in b)
 
 
 def test_a_slow_model_gives_a_bounded_partial_answer(fleet, state) -> None:
@@ -338,3 +373,21 @@ def test_mono_gateway_answers_the_same_in_process(fleet, state, in_process) -> N
     assert ResultStore(gateway.results_url).get("mono-4").versions == {
         n: in_process[n].version for n in MODELS
     }
+    # the mono gateway logs the predictions of the models it hosts
+    for name in MODELS:
+        assert logged_ids(state, name, "mono-") == [f"mono-{i}" for i in range(5)]
+
+
+def test_openapi_example_documents_request_id_and_event_time(fleet) -> None:
+    _, gateway, _ = fleet
+    doc = httpx.get(f"{gateway.url}/docs.json", timeout=10).json()
+    body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    schema = body["schema"]
+    if "$ref" in schema:
+        schema = doc["components"]["schemas"][schema["$ref"].split("/")[-1]]
+    example = schema["example"]
+    assert example["request_id"] and example["event_time"]
+    assert "default now" in schema["properties"]["event_time"]["description"]
+    assert "labels join" in schema["properties"]["request_id"]["description"]
+    r = httpx.post(f"{gateway.url}/predict", json=example, timeout=30)  # "try it out"
+    assert r.status_code == 200 and r.json()["request_id"] == example["request_id"]

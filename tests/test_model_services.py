@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
 from bentos import store
 from fleet import registry, serving
 from fleet.catalog import MODELS, get_model
+from fleet.predictions import PredictionLog
 from tests.serving_fixtures import ServiceProcess, ServingState, records
 
 pytestmark = pytest.mark.integration
@@ -148,7 +152,14 @@ def test_openapi_carries_the_generated_schema_and_example(
     assert resp.status_code == 200 and resp.json()["prediction"]["label"] in spec.labels
 
 
-def test_a_missing_model_never_becomes_ready(serving_state: ServingState) -> None:
+def test_a_missing_model_never_becomes_ready(
+    services: dict[str, ServiceProcess], serving_state: ServingState
+) -> None:
+    running = services["flight_delay"]
+    flight = {"record": records(serving_state, "flight_delay", 1)[0]}
+    assert post(f"{running.url}/predict", flight).status_code == 200
+    served_before = httpx.get(f"{running.url}/metadata", timeout=10).json()["requests_served"]
+    assert served_before > 0
     svc = ServiceProcess(serving_state, "arrival_delay", tag="arrival_delay:v99")
     try:
         # the service exits with the reason (it never answers /readyz), even under load
@@ -159,6 +170,89 @@ def test_a_missing_model_never_becomes_ready(serving_state: ServingState) -> Non
         assert "fleet serve" in svc.log()
     finally:
         svc.stop()
+    # starting it emptied BentoML's Prometheus directory, shared through BENTOML_HOME
+    # (as `fleet serve` starting the gateway or a reloaded model does): the running
+    # service's request count must survive that
+    assert post(f"{running.url}/predict", flight).status_code == 200
+    meta = httpx.get(f"{running.url}/metadata", timeout=10).json()
+    assert meta["requests_served"] == served_before + 1
+
+
+def prediction_log(state: ServingState) -> PredictionLog:
+    return PredictionLog(state.settings.predictions_db_url)
+
+
+def test_predictions_are_logged_with_the_callers_request_id_and_event_time(
+    services: dict[str, ServiceProcess], serving_state: ServingState
+) -> None:
+    svc = services["arrival_delay"]
+    rows = records(serving_state, "arrival_delay", 3)
+    headers = {"X-Request-ID": "2013-03-04-UA1545-EWR", "X-Fleet-Event-Time": "2013-03-04T12:00"}
+    r = httpx.post(f"{svc.url}/predict", json={"record": rows[0]}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Request-ID"] == "2013-03-04-UA1545-EWR"
+    # the row is committed before the answer: read right away, from another process
+    log = prediction_log(serving_state)
+    try:
+        got = log.read("arrival_delay", datetime(2013, 3, 4, 12), datetime(2013, 3, 4, 12, 1))
+        [row] = got.to_dict(orient="records")
+        assert row["request_id"] == "2013-03-04-UA1545-EWR"
+        assert row["event_time"] == datetime(2013, 3, 4, 12, tzinfo=UTC)
+        assert row["version"] == r.json()["version"] == serving_state.tags[svc.model].split(":v")[1]
+        for name, value in rows[0].items():  # the validated features as sent
+            assert pd.isna(row[name]) if value is None else row[name] == value, name
+        assert row["prediction_value"] == pytest.approx(r.json()["prediction"]["value"])
+
+        # no headers: an id is made and returned, the event time is the serving time
+        before = datetime.now(UTC) - timedelta(seconds=1)
+        r = post(f"{svc.url}/predict", {"record": rows[1]})
+        made = r.headers["X-Request-ID"]
+        assert r.status_code == 200 and len(made) == 32
+        row = log.read("arrival_delay", start=before).set_index("request_id").loc[made]
+        assert row["event_time"] == row["logged_at"] and row["logged_at"] >= before
+
+        # a batch: one id per record from a comma-separated list, else <id>:<index>
+        batch = {"records": rows[:2]}
+        ids = {"X-Request-ID": "k-1,k-2", "X-Fleet-Event-Time": "2013-03-05T00:00:00+01:00"}
+        assert httpx.post(f"{svc.url}/predict_batch", json=batch, headers=ids).status_code == 200
+        one = {"X-Request-ID": "b-7", "X-Fleet-Event-Time": "2013-03-05T00:00:00+01:00"}
+        assert httpx.post(f"{svc.url}/predict_batch", json=batch, headers=one).status_code == 200
+        got = log.read("arrival_delay", datetime(2013, 3, 4, 23), datetime(2013, 3, 4, 23, 1))
+        assert got["request_id"].tolist() == ["k-1", "k-2", "b-7:0", "b-7:1"]
+
+        # a bad event time is the caller's error, and nothing is logged
+        count = log.count("arrival_delay")
+        bad = {"X-Fleet-Event-Time": "last tuesday"}
+        r = httpx.post(f"{svc.url}/predict", json={"record": rows[2]}, headers=bad)
+        assert r.status_code == 400 and "X-Fleet-Event-Time" in r.text
+        assert log.count("arrival_delay") == count
+    finally:
+        log.dispose()
+
+
+def test_a_prediction_that_cannot_be_logged_is_a_5xx(
+    services: dict[str, ServiceProcess], serving_state: ServingState
+) -> None:
+    """Another writer holds the SQLite log's write lock past the service's wait budget."""
+    svc = services["review_sentiment"]
+    body = {"record": records(serving_state, "review_sentiment", 1)[0]}
+    path = serving_state.settings.serving_dir / "predictions.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        r = httpx.post(f"{svc.url}/predict", json=body, headers={"X-Request-ID": "locked-1"},
+                       timeout=60)  # fmt: skip
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.status_code == 503, r.text
+    ok = httpx.post(f"{svc.url}/predict", json=body, headers={"X-Request-ID": "after-1"})
+    assert ok.status_code == 200
+    log = prediction_log(serving_state)
+    try:
+        assert "after-1" in set(log.read("review_sentiment")["request_id"])
+    finally:
+        log.dispose()
 
 
 def test_each_model_builds_into_its_own_bento(serving_state: ServingState) -> None:

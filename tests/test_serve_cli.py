@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -188,10 +189,9 @@ def trained(
         mp.setenv("FLEET_HOME", str(home))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
         mp.setenv("BENTOML_HOME", str(home / "bentoml"))
-        # ports from the environment, as a user would set them: free ones on loopback
-        base = _free_run(len(MODELS))
-        mp.setenv("FLEET_MODEL_PORT_BASE", str(base))
-        mp.setenv("FLEET_GATEWAY_PORT", str(processes.free_port(HOST)))
+        # above the 2 s default: these tests are about correctness (no request fails,
+        # none is lost), and a busy 2-core machine can hold a queued request longer
+        mp.setenv("FLEET_MODEL_TIMEOUT_S", "8")
         settings = Settings()
         for name in MODELS:
             spec = get_model(name)
@@ -209,7 +209,12 @@ def trained(
         second = registry.train_and_promote(settings, spec, date(2013, 2, 8))
         first = second.candidate.version - 1
         registry.client(settings).set_registered_model_alias("flight_delay", "champion", first)
-        yield settings
+        # ports from the environment, as a user would set them: free ones on loopback,
+        # picked after the training minutes so that nothing else took them meanwhile
+        base = _free_run(len(MODELS))
+        mp.setenv("FLEET_MODEL_PORT_BASE", str(base))
+        mp.setenv("FLEET_GATEWAY_PORT", str(processes.free_port(HOST)))
+        yield Settings()
 
 
 def _free_run(count: int) -> int:
@@ -233,7 +238,7 @@ def _request() -> dict:
 def _serve_check_stop(
     settings: Settings, topology_name: str, expected: set[str], reload: bool = False
 ) -> None:
-    result = invoke("serve", "--topology", topology_name, "--timeout", "150")
+    result = invoke("serve", "--topology", topology_name, "--timeout", "300")
     recorded = processes.read_pid_files(settings)
     try:
         assert result.exit_code == 0, result.output
@@ -267,7 +272,8 @@ def _serve_check_stop(
                 assert meta["bento_model_tag"] == f"{name}:v{meta['version']}"
                 assert str(meta["version"]) == str(body["results"][name]["version"])
         if reload:
-            _move_champion_under_load(settings, status)
+            at_least = 5000 if topology_name == "micro" else 1000
+            _move_champion_under_load(settings, status, topology_name, at_least)
         elif topology_name == "micro":
             _reload_not_confirmed_keeps_the_old_version(settings, status)
     finally:
@@ -293,7 +299,7 @@ def _reload_not_confirmed_keeps_the_old_version(settings: Settings, status: dict
     before = registry.champion_info(settings, "flight_delay").version
     registry.client(settings).set_registered_model_alias("flight_delay", "champion", before + 1)
     try:
-        result = invoke("serve", "--reload", "--timeout", "150")
+        result = invoke("serve", "--reload", "--timeout", "300")
     finally:
         registry.client(settings).set_registered_model_alias("flight_delay", "champion", before)
     assert result.exit_code == 1 and "did not switch flight_delay" in result.flat
@@ -305,49 +311,109 @@ def _reload_not_confirmed_keeps_the_old_version(settings: Settings, status: dict
     assert backends["flight_delay"] == status["flight_delay"]["url"]
 
 
-def _move_champion_under_load(settings: Settings, status: dict) -> None:
-    """@champion moves; `fleet serve --reload` while requests flow: none may fail."""
+# each topology's load requests carry event times of their own day of 2013, so the
+# prediction log's window on that day holds exactly them
+LOAD_DAY = {"micro": datetime(2013, 6, 1, tzinfo=UTC), "mono": datetime(2013, 6, 2, tzinfo=UTC)}
+
+
+def _move_champion_under_load(
+    settings: Settings, status: dict, topology_name: str, at_least: int
+) -> None:
+    """@champion moves; `fleet serve --reload` while 16 clients send requests: none may
+    fail, and the prediction log holds exactly the answered ones (micro: logged by the
+    model services, the ids and event times forwarded by the gateway; mono: by the
+    gateway). At least ``at_least`` requests, and until a second after the reload."""
     from fleet import registry
+    from fleet.predictions import PredictionLog
 
+    mlflow = registry.client(settings)
     before = registry.champion_info(settings, "flight_delay").version
-    after = before + 1
-    registry.client(settings).set_registered_model_alias("flight_delay", "champion", after)
+    versions = sorted(int(v.version) for v in mlflow.search_model_versions("name='flight_delay'"))
+    after = [v for v in versions if v != before][-1]  # the other trained version
+    mlflow.set_registered_model_alias("flight_delay", "champion", after)
     gateway = status["gateway"]["url"] + "/predict"
-    body = {"flight": _request()["flight"], "models": ["flight_delay"]}
-    seen: list[tuple[int, str | None, dict]] = []
-    done = threading.Event()
+    flight = _request()["flight"]
+    day = LOAD_DAY[topology_name]
+    sent = itertools.count()
+    reloaded = threading.Event()
+    # per client, in order: (status, request id, version or None, errors)
+    seen: list[list[tuple[int, str, str | None, dict]]] = [[] for _ in range(16)]
 
-    def load() -> None:
-        with httpx.Client(timeout=30) as client:
-            while not done.is_set():
-                answer = client.post(gateway, json=body)
+    def client(k: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while True:
+                n = next(sent)
+                if n >= at_least and reloaded.is_set():
+                    return
+                rid = f"{topology_name}-load-{n}"
+                body = {
+                    "request_id": rid,
+                    "event_time": (day + timedelta(seconds=n % 86_400)).isoformat(),
+                    "flight": flight,
+                    "models": ["flight_delay"],
+                }
+                try:
+                    answer = http.post(gateway, json=body)
+                except httpx.HTTPError as exc:
+                    seen[k].append((0, rid, None, {"client": repr(exc)}))
+                    continue
                 payload = answer.json() if answer.status_code == 200 else {}
                 version = payload.get("results", {}).get("flight_delay", {}).get("version")
-                seen.append((answer.status_code, version, payload.get("errors", {})))
+                seen[k].append((answer.status_code, rid, version, payload.get("errors", {})))
 
-    worker = threading.Thread(target=load)
-    worker.start()
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for thread in clients:
+        thread.start()
     try:
-        result = invoke("serve", "--reload", "--timeout", "150")
+        deadline = time.monotonic() + 120
+        while sum(map(len, seen)) < at_least // 5:  # the reload starts with load flowing
+            assert time.monotonic() < deadline and all(t.is_alive() for t in clients)
+            time.sleep(0.1)
+        result = invoke("serve", "--reload", "--timeout", "300")
         time.sleep(1.0)  # requests after the switch
     finally:
-        done.set()
-        worker.join(60)
+        reloaded.set()
+        for thread in clients:
+            thread.join(120)
     assert result.exit_code == 0, result.output
     assert f"flight_delay: flight_delay:v{before} -> flight_delay:v{after}" in result.flat
-    failed = [s for s in seen if s[0] != 200 or s[2] or s[1] is None]
-    assert not failed, failed[:5]
-    versions = [int(v) for _, v, _ in seen]
-    assert len(versions) > 20 and versions[0] == before and versions[-1] == after
-    assert versions == sorted(versions)  # once the new version answers, the old never does
-    # the old process is gone, the new one is recorded under the model's name
-    now = json.loads(invoke("status", "--json").output)
-    assert (
-        now["flight_delay"]["healthy"]
-        and now["flight_delay"]["pid"] != status["flight_delay"]["pid"]
-    )
-    assert processes._group_members(status["flight_delay"]["pid"]) == []
-    assert set(now) == set(status)
+    answered = [entry for per_client in seen for entry in per_client]
+    failed = [s for s in answered if s[0] != 200 or s[3] or s[2] is None]
+    assert not failed, (len(failed), failed[:5])
+    assert len(answered) >= at_least
+    for per_client in seen:  # once the new version answers a client, the old never does
+        order = [int(v) for _, _, v, _ in per_client]
+        assert order == sorted(order, key=lambda v: v == after), order
+    versions_seen = {int(v) for _, _, v, _ in answered}
+    assert versions_seen == {before, after}
+
+    # nothing lost: one logged row per answered request, under its id, version and time
+    log = PredictionLog(settings.predictions_db_url)
+    try:
+        logged = log.read("flight_delay", day, day + timedelta(days=1))
+    finally:
+        log.dispose()
+    assert len(logged) == len(answered)
+    assert logged["request_id"].is_unique
+    answers = {rid: version for _, rid, version, _ in answered}
+    assert dict(zip(logged["request_id"], logged["version"], strict=True)) == answers
+    offsets = logged["request_id"].str.rsplit("-", n=1).str[1].astype(int) % 86_400
+    assert (logged["event_time"] == [day + timedelta(seconds=int(o)) for o in offsets]).all()
+    print(f"\n{topology_name}: {len(answered)} requests across the reload, all logged")
+
+    if topology_name == "micro":
+        # the old process is gone, the new one is recorded under the model's name
+        now = json.loads(invoke("status", "--json").output)
+        assert (
+            now["flight_delay"]["healthy"]
+            and now["flight_delay"]["pid"] != status["flight_delay"]["pid"]
+        )
+        assert processes._group_members(status["flight_delay"]["pid"]) == []
+        assert set(now) == set(status)
+    else:
+        meta = topology.gateway_metadata(status["gateway"]["url"])
+        assert meta["backends"]["flight_delay"]["tag"] == f"flight_delay:v{after}"
+        assert meta["backends"]["flight_delay"]["version"] == str(after)
 
 
 @pytest.mark.integration
@@ -357,4 +423,4 @@ def test_serve_micro_end_to_end(trained: Settings) -> None:
 
 @pytest.mark.integration
 def test_serve_mono_end_to_end(trained: Settings) -> None:
-    _serve_check_stop(trained, "mono", {"gateway"})
+    _serve_check_stop(trained, "mono", {"gateway"}, reload=True)

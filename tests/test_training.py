@@ -44,8 +44,12 @@ def test_training_window_is_half_open_and_ends_at_until() -> None:
     assert Window.from_tags(w.to_tags()) == w
 
     reviews = get_model("review_sentiment")
-    rw = training.training_window(reviews, date(2013, 7, 1))
+    rw = training.training_window(reviews, date(2013, 7, 8))
     assert (rw.split - rw.start).days == 7 * (reviews.train_weeks - reviews.holdout_weeks)
+    # the data begin on 2013-01-01: an earlier start is cut there, the holdout is kept
+    early = training.training_window(reviews, date(2013, 2, 26))
+    assert early.start == date(2013, 1, 1)
+    assert early.end - early.split == timedelta(weeks=reviews.holdout_weeks)
 
 
 def test_training_window_rejects_a_holdout_as_long_as_the_window() -> None:

@@ -8,7 +8,13 @@ and ``fleet.results`` (where combined results go). Topology from the environment
   changes, so ``fleet serve --reload`` can move a model to a new process without a
   restart (calls in flight finish on the old URL);
 - mono: ``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS`` = JSON
-  ``{"model": "flight_delay:v3"}``, models loaded in this process from the Bento store.
+  ``{"model": "flight_delay:v3"}``, models loaded in this process from the Bento store;
+  with ``FLEET_BENTO_MODEL_TAGS_FILE`` the same JSON is re-read whenever the file
+  changes: a changed tag is loaded on a background thread and swapped in once loaded.
+
+Every prediction is logged (``fleet.predictions``) under the request's ``request_id``
+and ``event_time``: in micro by the model services (the gateway forwards both as
+headers), in mono by the gateway itself, before the answer is sent.
 
 A model that is down or slow becomes a per-model error in a 200 answer, within
 ``FLEET_MODEL_TIMEOUT_S`` (plus a small margin): never a 5xx, never a hang.
@@ -20,6 +26,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +35,7 @@ import bentoml
 from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 
-from fleet import backends, routing
+from fleet import backends, predictions, routing
 from fleet.catalog import get_model
 from fleet.results import ResultStore, ResultWriter
 from fleet.settings import Settings
@@ -36,11 +43,12 @@ from fleet.settings import Settings
 logger = logging.getLogger("fleet.gateway")
 
 GatewayRequest = routing.gateway_request_model()
-MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV = (
+MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV, TAGS_FILE_ENV = (
     "FLEET_GATEWAY_MODE",
     "FLEET_GATEWAY_BACKENDS",
     "FLEET_BENTO_MODEL_TAGS",
     "FLEET_GATEWAY_BACKENDS_FILE",
+    "FLEET_BENTO_MODEL_TAGS_FILE",
 )
 # a stored result is part of the answer, but a stuck database must not hang requests
 STORE_BUDGET_S = 5.0
@@ -68,14 +76,21 @@ class Service:
         self.backends: dict[str, backends.ModelBackend] = {}
         self.backends_file: Path | None = None
         self._backends_stamp: tuple[int, int] | None = None
+        self.tags_file: Path | None = None
+        self._tags_stamp: tuple[int, int] | None = None
+        self._loading: threading.Thread | None = None
+        self._tags_lock = threading.Lock()
+        self.log: predictions.PredictionLog | None = None
+        self.recorder: predictions.PredictionRecorder | None = None
         if self.mode == "mono":
-            from bentos.store import load_model
-
+            # the models are here, so their predictions are logged here
+            self.log = predictions.PredictionLog(self.settings.predictions_db_url).create()
+            self.recorder = predictions.PredictionRecorder(self.log)
             for name, tag in _json_env(TAGS_ENV).items():
-                loaded = load_model(tag)
-                self.backends[name] = backends.InProcessBackend(
-                    get_model(name), loaded.model, loaded.version, loaded.tag
-                )
+                self._load(name, tag)
+            if os.environ.get(TAGS_FILE_ENV):
+                self.tags_file = Path(os.environ[TAGS_FILE_ENV])
+                self._refresh_tags(wait=True)
         elif self.mode == "micro":
             self.client = backends.make_http_client(self.settings.model_timeout_s)
             for name, url in _json_env(BACKENDS_ENV).items():
@@ -97,6 +112,12 @@ class Service:
         received = routing.utcnow()
         start = time.perf_counter()
         self._refresh_backends()
+        self._refresh_tags()
+        event_time = request.get("event_time")
+        meta = routing.RequestMeta(
+            request.get("request_id") or routing.new_request_id(),
+            predictions.as_utc(event_time) if event_time is not None else None,
+        )
         inputs = {
             kind: request[kind].model_dump()
             for kind in routing.record_kinds()
@@ -114,11 +135,10 @@ class Service:
                 calls.append(_missing(name, self.mode))
                 continue
             record = routing.model_record(get_model(name), inputs[kind])
-            calls.append(backends.call(backend, record, budget))
+            calls.append(backends.call(backend, record, budget, meta))
         outcomes = await asyncio.gather(*calls)
         result = routing.combine(
-            inputs, outcomes, received, (time.perf_counter() - start) * 1000,
-            request.get("request_id"),
+            inputs, outcomes, received, (time.perf_counter() - start) * 1000, meta.request_id
         )  # fmt: skip
         answer = result.response()
         try:
@@ -135,11 +155,14 @@ class Service:
     def metadata(self) -> dict[str, Any]:
         """Topology, backends and result store of this gateway."""
         self._refresh_backends()
+        self._refresh_tags()
         return {
             "service": "gateway",
             "mode": self.mode,
             "backends": {name: b.describe() for name, b in self.backends.items()},
             "results_db": self.store.display_url,
+            # micro: each model service logs (its /metadata names where)
+            "predictions_db": self.log.display_url if self.log is not None else None,
             "model_timeout_s": self.settings.model_timeout_s,
             "requests_served": self.served,
         }
@@ -169,12 +192,78 @@ class Service:
         self._backends_stamp = stamp
         logger.info("backends now %s", {n: b.describe() for n, b in self.backends.items()})
 
+    def _load(self, name: str, tag: str) -> None:
+        from bentos.store import load_model
+
+        loaded = load_model(tag)
+        # one dict assignment: a request sees the old backend or the new, never neither
+        self.backends[name] = backends.InProcessBackend(
+            get_model(name), loaded.model, loaded.version, loaded.tag, self.recorder
+        )
+
+    def _refresh_tags(self, wait: bool = False) -> None:
+        """mono: load the models whose tag changed in the tags file, off the request path.
+
+        Requests keep the loaded version until the new one is in; a tag that fails to
+        load is logged and retried when the file changes again.
+        """
+        if self.tags_file is None:
+            return
+        # /metadata (a thread) and /predict (the event loop) both call this
+        if not self._tags_lock.acquire(blocking=False):
+            return
+        try:
+            if self._loading is None or not self._loading.is_alive():
+                self._start_loading()
+        finally:
+            self._tags_lock.release()
+        if wait and self._loading is not None:
+            self._loading.join()
+
+    def _start_loading(self) -> None:
+        assert self.tags_file is not None
+        try:
+            stat = self.tags_file.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp == self._tags_stamp:
+                return
+            wanted = {
+                get_model(k).name: str(v) for k, v in json.loads(self.tags_file.read_text()).items()
+            }
+        except (OSError, ValueError, KeyError) as exc:  # keep serving what is loaded
+            logger.warning("tags file %s unreadable: %s", self.tags_file, exc)
+            return
+        self._tags_stamp = stamp
+        changed = {
+            name: tag
+            for name, tag in wanted.items()
+            if getattr(self.backends.get(name), "tag", None) != tag
+        }
+        if not changed:
+            return
+
+        def load() -> None:
+            for name, tag in changed.items():
+                try:
+                    self._load(name, tag)
+                    logger.info("%s now serves %s", name, tag)
+                except Exception as exc:
+                    logger.error("cannot load %s for %s, keeping %s: %s", tag, name,
+                                 getattr(self.backends.get(name), "tag", None), exc)  # fmt: skip
+
+        self._loading = threading.Thread(target=load, name="model-loader", daemon=True)
+        self._loading.start()
+
     @bentoml.on_shutdown
     async def close(self) -> None:
         await self.writer.aclose()
         if self.client is not None:
             await self.client.aclose()
         self.store.dispose()
+        if self.recorder is not None:
+            await asyncio.to_thread(self.recorder.close)
+        if self.log is not None:
+            self.log.dispose()
 
 
 async def _missing(name: str, mode: str) -> routing.ModelFailure:

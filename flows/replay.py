@@ -1,0 +1,123 @@
+"""Replay flow: 2013 streamed through the served fleet, the closed loop acting on drift.
+
+The loop itself is ``fleet.replay``; this flow gives it Prefect-run steps (ETL in the
+flow run, bootstrap training as concurrent tasks, each retraining as a ``retrain`` flow
+run), serves the fleet for the replay's traffic, emits the drift events the monitors
+decide, and writes ``replay.json`` / ``replay.html`` plus an artifact linking them.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from fleet import processes, topology
+from fleet.replay import Replay, ReplayConfig, ReplayError
+from fleet.settings import get_settings, prepare_environment
+from flows.etl import etl_flow
+from flows.monitor import emit_drift_event
+from flows.retrain import retrain_flow
+from flows.train import train_model
+
+STEPS = {"day": 1, "week": 7}
+
+
+def step_days(step: str) -> int:
+    """``week``, ``day`` or a number of days such as ``10d``."""
+    if step in STEPS:
+        return STEPS[step]
+    if step.endswith("d") and step[:-1].isdigit() and int(step[:-1]) > 0:
+        return int(step[:-1])
+    raise ReplayError(f"step {step!r}: use week, day or a number of days such as 10d")
+
+
+@flow(name="replay", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def replay_flow(
+    start: str | None = None,
+    end: str | None = None,
+    step: str = "week",
+    quick: bool = False,
+    topology_name: str = "micro",
+    flights_per_week: int | None = None,
+) -> dict[str, Any]:
+    """Bootstrap before ``start``, then one step at a time up to ``end`` (ISO dates).
+
+    ``quick``: March to June with a sample of 700 flights a week (about ten minutes).
+    """
+    from fleet.replay_report import write_reports
+
+    settings = get_settings()
+    prepare_environment(settings)
+    logger = get_run_logger()
+    overrides: dict[str, Any] = {"step_days": step_days(step), "topology": topology_name}
+    if start:
+        overrides["start"] = date.fromisoformat(start)
+    if end:
+        overrides["end"] = date.fromisoformat(end)
+    if flights_per_week is not None:
+        overrides["sample"] = {"flights": flights_per_week}
+    config = ReplayConfig.quick(**overrides) if quick else ReplayConfig(**overrides)
+
+    def train_all(until: date) -> list[Any]:
+        futures = [train_model.submit(settings, name, until) for name in config.models]
+        return [f.result() for f in futures]
+
+    def retrain(model: str, until: date, reason: str) -> Any:
+        return retrain_flow(model=model, until=until.isoformat(), reason=reason)
+
+    replay = Replay(
+        settings=settings,
+        config=config,
+        etl=lambda first, last: etl_flow.fn(start=first, end=last),
+        train_all=train_all,
+        retrain=retrain,
+        log=logger.info,
+        on_fire=emit_drift_event,
+    )
+    replay.bootstrap()
+    logger.info("serving the fleet (%s) for the replay's traffic", config.topology)
+    components, started_here = topology.start_fleet(settings, config.topology, list(config.models))
+    gateway = next(c for c in components if c.name == topology.GATEWAY)
+    try:
+        for first, after in config.weeks():
+            week = replay.step(gateway.url, first, after)
+            logger.info(week_line(week))
+    finally:
+        if started_here:
+            processes.stop_all(settings)
+    summary = replay.summary()
+    paths = write_reports(settings, summary)
+    _artifact(summary, paths)
+    return summary
+
+
+def week_line(week: Any) -> str:
+    parts = []
+    for name, m in week.models.items():
+        score = "-" if m.closed_loop is None else f"{m.closed_loop:.3f}"
+        frozen = "-" if m.frozen is None else f"{m.frozen:.3f}"
+        act = f" retrain:{m.retrain}" if m.retrain else ""
+        parts.append(f"{name} v{m.served_version} {m.metric} {score} (frozen {frozen}){act}")
+    sent = sum(week.sent.values())
+    return f"{week.start}: {sent} requests, {week.errors} errors, {week.seconds}s | " + "; ".join(
+        parts
+    )
+
+
+def _artifact(summary: dict[str, Any], paths: dict[str, str]) -> None:
+    from pathlib import Path
+
+    from prefect.artifacts import create_markdown_artifact
+
+    closed, frozen = summary["closed_loop"], summary["frozen"]
+    lines = [
+        "## Replay",
+        f"- {summary['headline_model']} mean {closed['metric']}: closed loop "
+        f"{closed['mean_metric']}, frozen {frozen['mean_metric']}",
+        f"- promotions: {len(summary['promotions'])}, weeks: {len(summary['weeks'])}",
+        f"- [replay report]({Path(paths['html']).resolve().as_uri()})",
+    ]
+    create_markdown_artifact(key="replay", markdown="\n".join(lines), description="replay")

@@ -1,0 +1,209 @@
+"""Monitor history in the predictions database: every run, and the per-model trigger claim.
+
+``monitor_runs`` holds one row per drift job (summary, decision, report path); the index
+page is rendered from it. ``monitor_triggers`` holds one row per model with the last
+time a monitor fired. Firing goes through :meth:`MonitorHistory.claim`, a single
+conditional ``UPDATE ... WHERE last_fired_at IS NULL OR last_fired_at <= now - cooldown``:
+of two monitors deciding at once, exactly one sees its update match a row. SQLite
+serialises writers; PostgreSQL makes the second ``UPDATE`` wait for the first's row lock
+and then re-checks the condition against the committed row (READ COMMITTED).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from fleet.predictions import as_utc, utcnow
+from fleet.results import JSONType, make_engine
+from monitoring.policy import TriggerDecision
+from monitoring.summary import DriftSummary
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MonitorRunRow(Base):
+    __tablename__ = "monitor_runs"
+    __table_args__ = (sa.Index("ix_monitor_runs_model_decided", "model", "decided_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(sa.String(64))
+    ran_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))  # wall clock
+    decided_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))  # policy clock
+    window_start: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    window_end: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+    rows_current: Mapped[int] = mapped_column(sa.Integer)
+    rows_labelled: Mapped[int] = mapped_column(sa.Integer)
+    drift_share: Mapped[float] = mapped_column(sa.Float)
+    drifted_columns: Mapped[list[str]] = mapped_column(JSONType)
+    metric: Mapped[str] = mapped_column(sa.String(32))
+    quality: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    champion_version: Mapped[int] = mapped_column(sa.Integer)
+    champion_score: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
+    fired: Mapped[bool] = mapped_column(sa.Boolean)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    report_path: Mapped[str] = mapped_column(sa.Text)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class TriggerRow(Base):
+    __tablename__ = "monitor_triggers"
+
+    model: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    last_fired_at: Mapped[datetime | None] = mapped_column(
+        sa.DateTime(timezone=True), nullable=True
+    )
+
+
+@dataclass(frozen=True)
+class MonitorRun:
+    """One recorded drift job, as the index shows it."""
+
+    id: int
+    model: str
+    ran_at: datetime
+    decided_at: datetime
+    window_start: datetime
+    window_end: datetime
+    rows_current: int
+    rows_labelled: int
+    drift_share: float
+    drifted_columns: list[str]
+    metric: str
+    quality: float | None
+    champion_version: int
+    champion_score: float | None
+    fired: bool
+    reason: str
+    report_path: str
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or value != value else float(value)
+
+
+class MonitorHistory:
+    """The two monitor tables; ``create()`` makes them if missing."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    def create(self) -> MonitorHistory:
+        try:
+            Base.metadata.create_all(self.engine)
+        except sa.exc.DBAPIError:
+            # another monitor created the tables between the check and the CREATE
+            Base.metadata.create_all(self.engine)
+        return self
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def last_fired(self, model: str) -> datetime | None:
+        query = sa.select(TriggerRow.last_fired_at).where(TriggerRow.model == model)
+        with self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return None if value is None else as_utc(value)
+
+    def claim(self, model: str, now: datetime, cooldown: timedelta) -> bool:
+        """Record a firing at ``now`` unless one happened within ``cooldown``; atomic."""
+        now = as_utc(now)
+        self._ensure_row(model)
+        query = (
+            sa.update(TriggerRow)
+            .where(
+                TriggerRow.model == model,
+                sa.or_(
+                    TriggerRow.last_fired_at.is_(None),
+                    TriggerRow.last_fired_at <= now - cooldown,
+                ),
+            )
+            .values(last_fired_at=now)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(query).rowcount == 1
+
+    def _ensure_row(self, model: str) -> None:
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            stmt = insert(TriggerRow).values(model=model, last_fired_at=None)
+            with self.engine.begin() as conn:
+                conn.execute(stmt.on_conflict_do_nothing(index_elements=["model"]))
+            return
+        try:  # other databases: the primary key refuses the second insert
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(TriggerRow).values(model=model, last_fired_at=None))
+        except sa.exc.IntegrityError:
+            pass
+
+    def record(self, summary: DriftSummary, decision: TriggerDecision, decided_at: datetime) -> int:
+        """Store one run; returns its id."""
+        row = {
+            "model": summary.model,
+            "ran_at": utcnow(),
+            "decided_at": as_utc(decided_at),
+            "window_start": as_utc(summary.window_start),
+            "window_end": as_utc(summary.window_end),
+            "rows_current": summary.rows_current,
+            "rows_labelled": summary.rows_labelled,
+            "drift_share": summary.drift_share,
+            "drifted_columns": list(summary.drifted_columns),
+            "metric": summary.metric,
+            "quality": _finite(summary.quality),
+            "champion_version": summary.champion_version,
+            "champion_score": _finite(summary.champion_score),
+            "fired": decision.fire,
+            "reason": decision.reason,
+            "report_path": summary.report_path,
+            "summary": summary.payload(),
+        }
+        with self.engine.begin() as conn:
+            result = conn.execute(sa.insert(MonitorRunRow).returning(MonitorRunRow.id), [row])
+            return int(result.scalar_one())
+
+    def runs(self, model: str | None = None, limit: int | None = None) -> list[MonitorRun]:
+        """Recorded runs, newest decision first."""
+        query = sa.select(MonitorRunRow).order_by(
+            MonitorRunRow.decided_at.desc(), MonitorRunRow.id.desc()
+        )
+        if model is not None:
+            query = query.where(MonitorRunRow.model == model)
+        if limit is not None:
+            query = query.limit(limit)
+        with Session(self.engine) as session:
+            rows = session.scalars(query).all()
+        out = []
+        for r in rows:
+            out.append(
+                MonitorRun(
+                    id=r.id,
+                    model=r.model,
+                    ran_at=as_utc(r.ran_at),
+                    decided_at=as_utc(r.decided_at),
+                    window_start=as_utc(r.window_start),
+                    window_end=as_utc(r.window_end),
+                    rows_current=r.rows_current,
+                    rows_labelled=r.rows_labelled,
+                    drift_share=r.drift_share,
+                    drifted_columns=list(r.drifted_columns or []),
+                    metric=r.metric,
+                    quality=r.quality,
+                    champion_version=r.champion_version,
+                    champion_score=r.champion_score,
+                    fired=r.fired,
+                    reason=r.reason,
+                    report_path=r.report_path,
+                )
+            )
+        return out

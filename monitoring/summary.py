@@ -1,0 +1,65 @@
+"""The typed result of one drift job: what the index, the artifact and the event carry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass
+class DriftSummary:
+    model: str
+    window_start: datetime
+    window_end: datetime
+    rows_current: int
+    rows_reference: int
+    rows_labelled: int
+    drift_share: float
+    drifted_columns: list[str]
+    monitored_columns: int
+    metric: str
+    quality: float | None  # the metric on the window's labelled rows
+    champion_version: int
+    champion_score: float | None  # the champion's recorded holdout score
+    reference_window: str  # the champion's training days, first..last
+    reference_digest_matches: bool
+    report_path: str
+    column_scores: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def window_label(self) -> str:
+        return f"{self.window_start:%Y-%m-%d %H:%M}..{self.window_end:%Y-%m-%d %H:%M}"
+
+    def payload(self) -> dict[str, Any]:
+        """JSON-ready: datetimes as ISO strings, NaN as None."""
+        data = asdict(self)
+        for key in ("window_start", "window_end"):
+            data[key] = data[key].isoformat()
+        for key in ("quality", "champion_score"):
+            value = data[key]
+            data[key] = None if value is None or math.isnan(value) else value
+        return data
+
+    def text(self) -> str:
+        """A few lines for a terminal or a Prefect artifact."""
+        quality = "no labels yet" if self.quality is None else f"{self.quality:.4f}"
+        champion = "-" if self.champion_score is None else f"{self.champion_score:.4f}"
+        drifted = ", ".join(self.drifted_columns) or "none"
+        return "\n".join(
+            [
+                f"model: {self.model} (champion v{self.champion_version})",
+                f"window: {self.window_label} ({self.rows_current} rows, "
+                f"{self.rows_labelled} labelled)",
+                f"reference: champion's training rows {self.reference_window} "
+                f"({self.rows_reference} rows"
+                + ("" if self.reference_digest_matches else "; the lake changed since training")
+                + ")",
+                f"drift share: {self.drift_share:.2f} of {self.monitored_columns} columns; "
+                f"drifted: {drifted}",
+                f"{self.metric}: {quality} (champion {champion})",
+                f"report: {self.report_path}",
+            ]
+        )

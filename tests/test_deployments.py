@@ -1,0 +1,128 @@
+"""prefect.yaml stays valid; the training flow's task runner switches to Dask for real."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet import stack
+from fleet.catalog import MODELS
+from fleet.settings import Settings
+
+
+def test_prefect_yaml_is_valid() -> None:
+    # every entrypoint imports, every parameter set fits its flow, every pool is known
+    assert stack.check_deployments() == []
+
+
+def test_deployments_cover_the_lifecycle() -> None:
+    by_name = {d["name"]: d for d in stack.deployments()}
+    assert by_name["etl-daily"]["schedules"][0]["cron"] == "0 2 * * *"
+    for model in MODELS:
+        train = by_name[f"train-{model}"]
+        assert train["parameters"] == {"models": [model]}
+        assert train["schedules"][0]["cron"] == "0 3 * * 1"  # weekly
+        monitor = by_name[f"monitor-{model}"]
+        assert monitor["parameters"] == {"model": model}
+        assert monitor["schedules"]
+    retrain = by_name["retrain"]
+    assert "schedules" not in retrain
+    (trigger,) = retrain["triggers"]
+    assert trigger["type"] == "event"
+    assert trigger["expect"] == ["fleet.model.drift-detected"]
+    assert trigger["match"] == {"prefect.resource.id": "fleet.model.*"}
+    assert trigger["parameters"]["model"] == "{{ event.payload.model }}"
+    assert "schedules" not in by_name["replay"]  # started by hand
+    local = stack.local_deployments()
+    assert "train-fleet-kubernetes" not in local
+    assert {d["work_pool"]["name"] for d in stack.deployments()} == {
+        stack.WORK_POOL,
+        stack.KUBERNETES_POOL,
+    }
+
+
+def test_pull_step_holds_no_machine_path() -> None:
+    (step,) = yaml.safe_load(stack.PREFECT_FILE.read_text())["pull"]
+    directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert directory == "{{ $FLEET_REPO_ROOT }}"
+
+
+def _broken(tmp_path: Path, name: str, **parameters: object) -> Path:
+    config = yaml.safe_load(stack.PREFECT_FILE.read_text())
+    for entry in config["deployments"]:
+        if entry["name"] == name:
+            entry["parameters"] = parameters
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_a_misspelt_parameter_is_named(tmp_path: Path) -> None:
+    path = _broken(tmp_path, "train-flight_delay", modelz=["flight_delay"])
+    (problem,) = stack.check_deployments(path)
+    assert problem.startswith("train-flight_delay: parameters {'modelz': ['flight_delay']}")
+    assert "modelz" in problem and "models" in problem  # what was given, what is expected
+
+
+def test_a_wrongly_typed_parameter_is_named(tmp_path: Path) -> None:
+    path = _broken(tmp_path, "monitor-arrival_delay", model={"not": "a name"})
+    (problem,) = stack.check_deployments(path)
+    assert problem.startswith("monitor-arrival_delay:")
+    assert "model" in problem and "valid string" in problem
+
+
+def test_kubernetes_job_variables_are_declared(tmp_path: Path) -> None:
+    template = json.loads(stack.KUBERNETES_TEMPLATE.read_text())
+    declared = set(template["variables"]["properties"])
+    config = yaml.safe_load(stack.PREFECT_FILE.read_text())
+    (k8s,) = [d for d in config["deployments"] if d["work_pool"]["name"] == "fleet-kubernetes"]
+    assert set(k8s["work_pool"]["job_variables"]) <= declared
+    assert {"image", "namespace", "env", "cpu_request", "memory_limit"} <= declared
+    k8s["work_pool"]["job_variables"]["gpu_count"] = 1
+    path = tmp_path / "prefect.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (problem,) = stack.check_deployments(path)
+    assert "gpu_count" in problem
+
+
+def test_unknown_task_runner_is_a_clear_error(settings: Settings) -> None:
+    from flows.runners import training_runner
+
+    with pytest.raises(ValueError, match="use threads, dask or a Dask scheduler address"):
+        training_runner(settings.model_copy(update={"task_runner": "ray"}))
+
+
+@pytest.mark.integration
+def test_training_on_a_local_dask_cluster(settings: Settings, prefect_server: None) -> None:
+    """The training task of one model runs on a real Dask worker (prefect-dask)."""
+    from distributed import Client, LocalCluster
+
+    from fleet import registry
+    from flows.runners import training_runner
+    from flows.train import train_fleet_flow
+
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster.scheduler_address) as client,
+    ):
+        chosen = settings.model_copy(update={"task_runner": cluster.scheduler_address})
+        runner = training_runner(chosen)
+        assert type(runner).__name__ == "DaskTaskRunner"
+        flow = train_fleet_flow.with_options(task_runner=runner)
+        (outcome,) = flow(models=["review_sentiment"], until=date(2013, 4, 1))
+        executed = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    assert outcome.status == "promoted", outcome.message
+    assert sum(executed.values()) >= 1  # the task ran on the cluster's worker
+    champion = registry.champion_info(settings, "review_sentiment")
+    assert champion is not None and str(champion.version) == outcome.version

@@ -1,0 +1,186 @@
+"""The topology simulator against queueing theory and against its own promises."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fleet import simulation as sim
+
+ONE = {"only": sim.RequestClass("only", ("m",))}
+FLEET = {
+    "flight": sim.RequestClass("flight", ("a", "b")),
+    "a": sim.RequestClass("a", ("a",)),
+    "b": sim.RequestClass("b", ("b",)),
+    "r": sim.RequestClass("r", ("r",)),
+}
+UNIFORM = {"flight": 0.5, "r": 0.5}
+
+
+def bare(predict: dict[str, float], sigma: float = 0.0, **costs: object) -> sim.Calibration:
+    """Only predict times unless a cost is given: the queueing part on its own."""
+    base: dict[str, object] = {
+        "predict_s": predict,
+        "server_s": 0.0,
+        "call_s": 0.0,
+        "gateway_s": {"micro": 0.0, "mono": 0.0},
+        "client_s": 0.0,
+        "hop_s": 0.0,
+        "sigma": sigma,
+    }
+    return sim.Calibration(**(base | costs))  # type: ignore[arg-type]
+
+
+def single_server(workers: int = 1, cores: int = 1) -> sim.Deployment:
+    proc = sim.Proc("gateway", 0, workers, frozenset({"m"}), gateway=True)
+    return sim.Deployment((cores,), (proc,))
+
+
+def test_mg1_mean_latency_matches_pollaczek_khinchine() -> None:
+    d, sigma, rate = 0.01, 0.5, 50.0  # utilisation 0.5
+    res = sim.simulate_open(
+        single_server(), bare({"m": d}, sigma), ONE, {"only": 1}, rate, requests=8000, seed=3
+    )
+    second_moment = d**2 * math.exp(sigma**2)  # lognormal with mean d
+    rho = rate * d
+    expected = d + rate * second_moment / (2 * (1 - rho))
+    assert res.mean_ms / 1000 == pytest.approx(expected, rel=0.12)
+    assert res.cores_used == pytest.approx(rho, rel=0.05)  # utilisation = arrival rate x demand
+    assert res.utilization["gateway"] == pytest.approx(rho, rel=0.05)
+    assert res.throughput == pytest.approx(rate, rel=0.05)
+
+
+def test_closed_loop_obeys_littles_law_and_the_bottleneck_bound() -> None:
+    dep = sim.measured_deployment("micro", {"a": 2, "b": 1, "r": 1}, 1, cores=2)
+    cal = bare(
+        {"a": 0.004, "b": 0.003, "r": 0.001},
+        sigma=0.3,
+        server_s=0.001,
+        call_s=0.0005,
+        gateway_s={"micro": 0.002, "mono": 0.002},
+        client_s=0.0005,
+        hop_s=0.0001,
+    )
+    bound = sim.capacity(dep, cal, FLEET, UNIFORM)
+    for clients in (1, 8):
+        res = sim.simulate_closed(dep, cal, FLEET, UNIFORM, clients, requests=1500)
+        # N = X R with no think time
+        assert res.throughput * res.mean_ms / 1000 == pytest.approx(clients, rel=0.05)
+        assert res.throughput <= bound * 1.02
+    saturated = sim.simulate_closed(dep, cal, FLEET, UNIFORM, 32, requests=2000)
+    assert saturated.throughput == pytest.approx(bound, rel=0.1)
+
+
+def test_more_machines_carry_more_load() -> None:
+    cal = bare(
+        {"a": 0.004, "b": 0.004, "r": 0.002},
+        sigma=0.2,
+        server_s=0.001,
+        call_s=0.001,
+        gateway_s={"micro": 0.002, "mono": 0.002},
+    )
+    rate = 2000.0  # far above what one 2-core machine can do
+    out = {}
+    for n in (1, 4):
+        for local in ((), ("a", "b", "r")):
+            dep = sim.scaled_deployment(n, 2, cal, FLEET, UNIFORM, local)
+            assert dep.total_workers == max(2 * n, 4 if not local else 1)
+            out[n, bool(local)] = sim.simulate_open(dep, cal, FLEET, UNIFORM, rate, 1500).throughput
+    for mono in (False, True):
+        assert out[4, mono] > 3 * out[1, mono]
+
+
+def test_without_hop_costs_micro_and_mono_carry_the_same_uniform_load() -> None:
+    """Same workers, same cores, no price for a hop: the layouts must not differ."""
+    cal = bare({"a": 0.003, "b": 0.003, "r": 0.003}, sigma=0.2)
+    micro = sim.measured_deployment(
+        "micro", {"a": 2, "b": 2, "r": 2}, 2, cores=4, with_client=False
+    )
+    mono = sim.measured_deployment("mono", {"a": 2, "b": 2, "r": 2}, 8, cores=4, with_client=False)
+    assert micro.total_workers == mono.total_workers
+    mix = {"a": 1, "b": 1, "r": 1}
+    x_micro = sim.simulate_closed(micro, cal, FLEET, mix, 32, 2000).throughput
+    x_mono = sim.simulate_closed(mono, cal, FLEET, mix, 32, 2000).throughput
+    assert x_micro == pytest.approx(x_mono, rel=0.08)
+    assert x_mono == pytest.approx(4 / 0.003, rel=0.1)  # the four cores are the bottleneck
+
+
+def test_a_pooled_process_beats_a_fixed_split_under_skew() -> None:
+    cal = bare({"a": 0.003, "b": 0.003, "r": 0.003}, sigma=0.2)
+    workers = {"a": 1, "b": 1, "r": 1}
+    micro = sim.measured_deployment("micro", workers, 1, cores=3, with_client=False)
+    mono = sim.measured_deployment("mono", workers, 3, cores=3, with_client=False)
+    skew = {"r": 0.9, "a": 0.05, "b": 0.05}  # r has one worker of three in micro
+    x_micro = sim.simulate_closed(micro, cal, FLEET, skew, 24, 1500).throughput
+    x_mono = sim.simulate_closed(mono, cal, FLEET, skew, 24, 1500).throughput
+    assert x_mono > 2 * x_micro
+
+
+def test_fan_out_runs_in_parallel_only_across_processes() -> None:
+    """One client, no overheads: micro answers a flight in max(a, b), mono in a + b."""
+    cal = bare({"a": 0.010, "b": 0.008, "r": 0.001})
+    workers = {"a": 1, "b": 1, "r": 1}
+    micro = sim.measured_deployment("micro", workers, 1, cores=4, with_client=False)
+    mono = sim.measured_deployment("mono", workers, 3, cores=4, with_client=False)
+    flight = {"flight": 1}
+    assert sim.simulate_closed(micro, cal, FLEET, flight, 1, 200).p50_ms == pytest.approx(10, 0.01)
+    assert sim.simulate_closed(mono, cal, FLEET, flight, 1, 200).p50_ms == pytest.approx(18, 0.01)
+
+
+def test_hops_cost_latency_and_cpu() -> None:
+    cal = bare(
+        {"a": 0.002, "b": 0.002, "r": 0.002},
+        server_s=0.001,
+        call_s=0.001,
+        hop_s=0.0005,
+        gateway_s={"micro": 0.001, "mono": 0.001},
+    )
+    workers = {"a": 1, "b": 1, "r": 1}
+    micro = sim.measured_deployment("micro", workers, 1, cores=4, with_client=False)
+    mono = sim.measured_deployment("mono", workers, 4, cores=4, with_client=False)
+    r = {"r": 1}
+    lat_micro = sim.simulate_closed(micro, cal, FLEET, r, 1, 200).p50_ms
+    lat_mono = sim.simulate_closed(mono, cal, FLEET, r, 1, 200).p50_ms
+    # micro: gateway 1 + call 1 + 2 hops + server 1 + predict 2; mono: gateway 1 + predict 2
+    assert lat_micro == pytest.approx(1 + 1 + 1 + 1 + 1 + 2, rel=0.01)
+    assert lat_mono == pytest.approx(1 + 1 + 2, rel=0.01)
+    demand_micro = sum(sim.component_demand(cal, FLEET, r, frozenset()).values())
+    demand_mono = sum(sim.component_demand(cal, FLEET, r, frozenset({"a", "b", "r"})).values())
+    assert demand_micro == pytest.approx(0.005)
+    assert demand_mono == pytest.approx(0.003)
+
+
+def test_allocate_splits_workers_by_demand() -> None:
+    split = sim.allocate({"gateway": 1.0, "a": 3.0, "b": 0.01}, 10)
+    assert sum(split.values()) == 10
+    assert split["b"] == 1  # everyone gets a worker
+    assert split["a"] > split["gateway"] >= 1
+    assert sum(sim.allocate({"x": 1.0, "y": 1.0, "z": 1.0}, 2).values()) == 3  # raised to 1 each
+
+
+def test_layouts_run_from_micro_to_mono() -> None:
+    names = ["a", "b", "r"]
+    found = [sim.layout_name(local, names) for local in sim.layouts(names)]
+    assert found[0] == "micro"
+    assert found[-1] == "mono"
+    assert len(found) == 8
+    assert "gateway+a+b" in found
+
+
+def test_best_layout_follows_the_price_of_a_hop() -> None:
+    """Cheap models and costly hops: consolidate everything into the gateway."""
+    costly_hop = bare(
+        {"a": 0.0005, "b": 0.0005, "r": 0.0005},
+        sigma=0.2,
+        server_s=0.003,
+        call_s=0.002,
+        gateway_s={"micro": 0.001, "mono": 0.001},
+    )
+    ranked = sim.best_layouts(
+        costly_hop, FLEET, UNIFORM, 1, 2, p99_budget_ms=100, requests=300, steps=4
+    )
+    assert ranked[0].layout == "mono"
+    assert ranked[-1].capacity < ranked[0].capacity
+    with pytest.raises(ValueError, match="mix"):
+        sim.normalise({"a": 0})
