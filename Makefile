@@ -23,7 +23,7 @@ $(UV):
 	$(UV) sync --locked --python $(PYTHON)
 	@touch $@
 
-# The main job: the quick replay. Bootstrap champions on early 2013, then March to June
+# The main job: the quick replay. Bootstrap champions on early 2013, then March to May
 # week by week through the served fleet: traffic, labels, drift jobs, retraining.
 run: setup
 	$(BIN)/fleet replay --quick

@@ -269,11 +269,15 @@ def replay(
     end: DateOption = None,
     step: Annotated[str, typer.Option(help="week, day or a number of days such as 10d")] = "week",
     quick: Annotated[
-        bool, typer.Option("--quick", help="March to June, 700 flights a week (~10 min)")
+        bool,
+        typer.Option("--quick", help="March to May, 300 flights a week, served mono (~10 min)"),
     ] = False,
-    topology: Annotated[str, typer.Option(help="micro or mono serving for the traffic")] = "micro",
+    topology: Annotated[
+        str | None,
+        typer.Option(help="micro or mono serving [default: micro; mono with --quick]"),
+    ] = None,
     flights_per_week: Annotated[
-        int | None, typer.Option(help="flights sent per step (default: all; --quick: 700)")
+        int | None, typer.Option(help="flights sent per step (default: all; --quick: 300)")
     ] = None,
 ) -> None:
     """The closed loop over 2013: traffic, labels, drift jobs, retraining, promotion.

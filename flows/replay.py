@@ -40,19 +40,22 @@ def replay_flow(
     end: str | None = None,
     step: str = "week",
     quick: bool = False,
-    topology_name: str = "micro",
+    topology_name: str | None = None,
     flights_per_week: int | None = None,
 ) -> dict[str, Any]:
     """Bootstrap before ``start``, then one step at a time up to ``end`` (ISO dates).
 
-    ``quick``: March to June with a sample of 700 flights a week (about ten minutes).
+    ``quick``: March to May, 300 flights a week, served mono (about ten minutes).
+    ``topology_name``: micro or mono (default: micro, mono with ``quick``).
     """
     from fleet.replay_report import write_reports
 
     settings = get_settings()
     prepare_environment(settings)
     logger = get_run_logger()
-    overrides: dict[str, Any] = {"step_days": step_days(step), "topology": topology_name}
+    overrides: dict[str, Any] = {"step_days": step_days(step)}
+    if topology_name:
+        overrides["topology"] = topology_name
     if start:
         overrides["start"] = date.fromisoformat(start)
     if end:

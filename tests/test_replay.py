@@ -25,7 +25,9 @@ def test_weeks_cover_the_range_once_and_end_short() -> None:
         (date(2013, 3, 19), date(2013, 3, 21)),
     ]
     quick = ReplayConfig.quick()
-    assert quick.end == date(2013, 6, 30) and quick.sample == {"flights": 700}
+    assert quick.end == date(2013, 6, 3) and quick.sample == {"flights": 300}
+    assert len(quick.weeks()) == 14
+    assert quick.topology == "mono" and ReplayConfig().topology == "micro"
 
 
 def test_bad_configs_and_steps_are_refused() -> None:
