@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from fleet import etl, serving, sources, training
+from fleet import etl, lake, serving, sources, training
 from fleet.catalog import MODELS, Dataset, ModelSpec, get_model
 from fleet.settings import Settings
 
@@ -176,7 +176,7 @@ def week_rows(
     dataset: Dataset, first: date, after: date, sample: int | None, seed: int
 ) -> pd.DataFrame:
     """The week's ETL rows of ``dataset`` (as the lake will get them), sampled."""
-    days = etl.lake.days(first, after - timedelta(days=1))
+    days = lake.days(first, after - timedelta(days=1))
     parts = etl.transform_days(dataset, sources.extract(dataset.name), days)
     rows = etl.concat_partitions(dataset, parts)
     if sample is not None and len(rows) > sample:

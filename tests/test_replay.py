@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from fleet import etl, processes, serving
+from fleet import etl, lake, processes, serving
 from fleet.catalog import MODELS, get_model
 from fleet.predictions import PredictionLog
 from fleet.replay import ReplayConfig, ReplayError, gateway_bodies, record_specs
@@ -43,7 +43,7 @@ def test_bad_configs_and_steps_are_refused() -> None:
 def test_gateway_bodies_carry_key_event_time_and_valid_records(flights_q1) -> None:
     specs = record_specs(tuple(MODELS))
     spec = specs["flights"]
-    days = etl.lake.days(date(2013, 3, 4), date(2013, 3, 4))
+    days = lake.days(date(2013, 3, 4), date(2013, 3, 4))
     rows = etl.concat_partitions(spec.dataset, etl.build_partitions(spec.dataset, flights_q1, days))
     bodies = gateway_bodies(spec, rows.head(50), tuple(MODELS))
     assert len(bodies) == 50
@@ -103,7 +103,7 @@ def test_served_and_frozen_agree_on_the_same_model(flights_q1) -> None:
     from fleet.replay import served_and_frozen
 
     spec = get_model("flight_delay")
-    days = etl.lake.days(date(2013, 1, 7), date(2013, 1, 20))
+    days = lake.days(date(2013, 1, 7), date(2013, 1, 20))
     rows = etl.concat_partitions(spec.dataset, etl.build_partitions(spec.dataset, flights_q1, days))
     rows = rows[rows[spec.target].notna()].reset_index(drop=True)
     X, y = training.training_frame(spec, rows)
