@@ -1,11 +1,12 @@
 """`fleet bench drift`: one drift job's time and peak memory by window size, with and
 without sampling.
 
-The model is flight_delay. Reference: its 8-week training window of real flights
-(January to February 2013) from the lake of a bench state root, built by the ETL if
-absent. Current: real summer flights (June to August, a real seasonal shift) resampled
-with a fixed seed to 10k, 100k and 1M rows, with the label and answers attached so the
-quality part runs too (random answers: the bench times the job, not the model).
+The model is flight_delay. Reference: its training window ending 2013-02-26, cut at the
+first day of data to eight weeks of real flights (January to February 2013), from the
+lake of a bench state root, built by the ETL if absent. Current: real summer flights
+(June to August, a real seasonal shift) resampled with a fixed seed to 10k, 100k and 1M
+rows, with the label and answers attached so the quality part runs too (random answers:
+the bench times the job, not the model).
 
 Each case runs in a fresh subprocess, so its peak RSS is its own and nothing is warm
 from an earlier case; the Evidently import is timed apart from the job. The job is
@@ -36,7 +37,7 @@ from fleet.settings import REPO_ROOT, Settings
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 MODEL = "flight_delay"
 SIZES = (10_000, 100_000, 1_000_000)
-REFERENCE_UNTIL = date(2013, 2, 26)  # an 8-week window: Jan 1 .. Feb 25
+REFERENCE_UNTIL = date(2013, 2, 26)  # the window is Jan 1 .. Feb 25, eight weeks
 SUMMER = (date(2013, 6, 1), date(2013, 8, 31))
 TARGET_S = 10.0  # one sampled job on 100k rows
 SEED = 2013

@@ -329,6 +329,12 @@ FLIGHT_FEATURES = (
     "temp", "dewp", "humid", "wind_speed", "precip", "pressure", "visib",
 )  # fmt: skip
 
+# Twelve weeks, not eight: with eight, gated retraining chased recent weather and only
+# tied the frozen January model on arrival delay; twelve won for both flight models over
+# March-May and over the whole year (`fleet bench window`,
+# bench/results/window-*.md).
+FLIGHT_TRAIN_WEEKS = 12
+
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
@@ -342,6 +348,7 @@ MODELS: dict[str, ModelSpec] = {
             labels=("0", "1"),
             estimator=_flight_pipeline,
             promotion=PromotionRule(metric="roc_auc", greater_is_better=True, margin=0.005),
+            train_weeks=FLIGHT_TRAIN_WEEKS,
             serving=ServingSettings(workers=2),
         ),
         ModelSpec(
@@ -353,6 +360,7 @@ MODELS: dict[str, ModelSpec] = {
             target="arr_delay",
             estimator=_flight_pipeline,
             promotion=PromotionRule(metric="mae", greater_is_better=False, margin=0.1),
+            train_weeks=FLIGHT_TRAIN_WEEKS,
             # in minutes: a week's MAE over a few hundred flights moves by ~1-2 by chance
             drift=DriftPolicy(quality_drop=3.0),
         ),

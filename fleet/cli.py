@@ -54,6 +54,24 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _integers(value: str, flag: str, example: str) -> tuple[int, ...]:
+    """A comma-separated option as integers; exit 2 naming the option otherwise."""
+    try:
+        return tuple(int(part) for part in value.split(","))
+    except ValueError:
+        _fail(f"{flag} {value!r}: give integers like {example}", code=2)
+        raise  # unreachable: _fail exits
+
+
+def _known_model(model: str) -> None:
+    from fleet.catalog import get_model
+
+    try:
+        get_model(model)
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=2)
+
+
 @app.command()
 def etl(
     start: DateOption = None,
@@ -360,10 +378,7 @@ def bench_drift(
     settings = _setup()
     from bench.drift import RESULTS_DIR, run_drift_bench
 
-    try:
-        rows = tuple(int(s) for s in sizes.split(","))
-    except ValueError:
-        _fail(f"--sizes {sizes!r}: give integers like 10000,100000", code=2)
+    rows = _integers(sizes, "--sizes", "10000,100000")
     results = run_drift_bench(
         settings, rows, max_rows, out_dir or RESULTS_DIR, say=lambda line: console.print(line)
     )
@@ -387,10 +402,7 @@ def bench_topology(
     settings = _setup()
     from bench.topology import RESULTS_DIR, run_topology_bench
 
-    try:
-        levels = tuple(int(c) for c in concurrency.split(","))
-    except ValueError:
-        _fail(f"--concurrency {concurrency!r}: give integers like 1,8,32", code=2)
+    levels = _integers(concurrency, "--concurrency", "1,8,32")
     size: dict[str, object] = {"requests": requests}
     if quick:
         size = {"requests": min(requests, 60), "machines": (1, 8), "sim_requests": 400,
@@ -426,19 +438,46 @@ def bench_serve(
     """Single-record req/s and latency: in-process, model service, gateway, mlflow serve."""
     settings = _setup()
     from bench.serve import RESULTS_DIR, run_serve_bench
-    from fleet.catalog import get_model
 
-    try:
-        get_model(model)
-        levels = tuple(int(c) for c in concurrency.split(","))
-    except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
-    except ValueError:
-        _fail(f"--concurrency {concurrency!r}: give integers like 1,8,32", code=2)
+    _known_model(model)
+    levels = _integers(concurrency, "--concurrency", "1,8,32")
     results = run_serve_bench(
         settings, model, requests, warmup, levels, time_bound, out_dir or RESULTS_DIR,
         say=console.print,
     )  # fmt: skip
+    console.print(results.markdown())
+    console.print(f"results: {results.json_path} and {results.markdown_path}")
+
+
+@bench_app.command("window")
+def bench_window(
+    model: Annotated[
+        str, typer.Option(help="model whose retraining is replayed")
+    ] = "arrival_delay",
+    train_weeks: Annotated[
+        str, typer.Option(help="comma-separated training-window lengths, weeks")
+    ] = "8,12,16",
+    start: DateOption = "2013-02-26",
+    end: DateOption = "2013-12-30",
+    retrain_every: Annotated[int, typer.Option(help="weeks between challengers")] = 2,
+    sample: Annotated[
+        int, typer.Option(help="rows a week in the sampled score (the replay's); 0: all")
+    ] = 300,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """Gated retraining against the frozen model, offline, per training-window length."""
+    _setup()
+    from bench.window import RESULTS_DIR, run_window_bench
+
+    _known_model(model)
+    lengths = _integers(train_weeks, "--train-weeks", "8,12,16")
+    try:
+        results = run_window_bench(
+            model, lengths, _date(start, "--start"), _date(end, "--end"), retrain_every,
+            sample or None, out_dir or RESULTS_DIR, say=console.print,
+        )  # fmt: skip
+    except ValueError as exc:
+        _fail(str(exc), code=2)
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 

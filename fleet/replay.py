@@ -178,7 +178,13 @@ def week_rows(
     """The week's ETL rows of ``dataset`` (as the lake will get them), sampled."""
     days = lake.days(first, after - timedelta(days=1))
     parts = etl.transform_days(dataset, sources.extract(dataset.name), days)
-    rows = etl.concat_partitions(dataset, parts)
+    return sample_rows(dataset, etl.concat_partitions(dataset, parts), sample, seed)
+
+
+def sample_rows(
+    dataset: Dataset, rows: pd.DataFrame, sample: int | None, seed: int
+) -> pd.DataFrame:
+    """At most ``sample`` of a week's rows (fixed seed), in time order."""
     if sample is not None and len(rows) > sample:
         rows = rows.sample(n=sample, random_state=seed)
     return rows.sort_values(dataset.timestamp, kind="stable").reset_index(drop=True)

@@ -90,12 +90,17 @@ def window_partitions(lake_dir: Path, spec: ModelSpec, window: Window) -> list[P
     return lake.partitions_in(lake_dir, spec.dataset.name, *window.days)
 
 
+def timestamps(spec: ModelSpec, frame: pd.DataFrame) -> pd.Series:
+    """The dataset's timestamp column as naive datetimes, comparable with plain dates."""
+    stamp = pd.to_datetime(frame[spec.dataset.timestamp])
+    return stamp.dt.tz_localize(None) if stamp.dt.tz is not None else stamp
+
+
 def split_by_window(
     spec: ModelSpec, frame: pd.DataFrame, window: Window
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a frame into (train, holdout) rows by the dataset's timestamp column."""
-    stamp = pd.to_datetime(frame[spec.dataset.timestamp])
-    day = stamp.dt.tz_localize(None) if stamp.dt.tz is not None else stamp
+    day = timestamps(spec, frame)
     start, split, end = (pd.Timestamp(d) for d in (window.start, window.split, window.end))
     train = frame[(day >= start) & (day < split)]
     hold = frame[(day >= split) & (day < end)]

@@ -2,7 +2,8 @@
 
 ``build_serving_state`` trains every catalog model on a small real window (a few
 seconds each), promotes the champions and imports them into the Bento store.
-``ServiceProcess`` runs ``bentoml serve`` for one model on a free loopback port.
+``ServiceProcess`` runs ``bentoml serve`` for one model on a free loopback port
+(``BentoProcess`` for any service).
 """
 
 from __future__ import annotations
@@ -88,19 +89,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServiceProcess:
-    """``bentoml serve`` of one model from the repo root, in its own process group."""
+class BentoProcess:
+    """``bentoml serve TARGET`` from the repo root on a free loopback port, in its own
+    process group (so ``stop`` ends its workers too)."""
 
-    def __init__(self, state: ServingState, model: str, tag: str | None = None) -> None:
-        self.model = model
+    def __init__(self, name: str, target: str, env: dict[str, str], log_dir: Path) -> None:
+        self.model = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = store.service_env(state.settings, tag or state.tags[model])
-        self.log_path = state.settings.root / "serving" / f"test-{model}-{self.port}.log"
+        self.log_path = log_dir / f"test-{name}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         bentoml = Path(sys.executable).with_name("bentoml")
-        cmd = [str(bentoml), "serve", f"bentos.{model}.service:Service"]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [str(bentoml), "serve", target, "--host", "127.0.0.1", "--port", str(self.port)]
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -131,6 +131,15 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=5)
+
+
+class ServiceProcess(BentoProcess):
+    """One model's service, serving ``tag`` (default: the state's version of the model)."""
+
+    def __init__(self, state: ServingState, model: str, tag: str | None = None) -> None:
+        env = store.service_env(state.settings, tag or state.tags[model])
+        target = f"bentos.{model}.service:Service"
+        super().__init__(model, target, env, state.settings.root / "serving")
 
 
 def fill_lake(

@@ -14,7 +14,6 @@ import signal
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import psutil
@@ -25,12 +24,12 @@ from fleet import serving
 from fleet.catalog import MODELS, get_model
 from fleet.predictions import PredictionLog
 from fleet.results import ResultStore
-from fleet.settings import REPO_ROOT, TELEMETRY_OFF
+from fleet.settings import TELEMETRY_OFF
 from tests.serving_fixtures import (
+    BentoProcess,
     ServiceProcess,
     ServingState,
     build_serving_state,
-    free_port,
     records,
 )
 
@@ -45,16 +44,10 @@ STARTUP_S = 240
 FLIGHT_MODELS = {"flight_delay", "arrival_delay"}
 
 
-class GatewayProcess(ServiceProcess):
+class GatewayProcess(BentoProcess):
     """``bentoml serve bentos.gateway.service:Service`` with the serving contract's env."""
 
     def __init__(self, state: ServingState, name: str, env: dict[str, str]) -> None:
-        import subprocess
-        import sys
-
-        self.model = f"gateway-{name}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.results_url = f"sqlite:///{state.settings.serving_dir / f'results-{name}.db'}"
         full_env = {
             **os.environ,
@@ -67,16 +60,8 @@ class GatewayProcess(ServiceProcess):
             "FLEET_MODEL_TIMEOUT_S": str(TIMEOUT_S),
             **env,
         }
-        self.log_path = state.settings.serving_dir / f"test-gateway-{name}-{self.port}.log"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        bentoml = Path(sys.executable).with_name("bentoml")
-        cmd = [str(bentoml), "serve", "bentos.gateway.service:Service"]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
+        target = "bentos.gateway.service:Service"
+        super().__init__(f"gateway-{name}", target, full_env, state.settings.serving_dir)
 
 
 @pytest.fixture(scope="module")

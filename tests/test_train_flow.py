@@ -22,7 +22,7 @@ from tests.faults import FLIGHT_FAULTS
 
 pytestmark = pytest.mark.integration
 
-UNTIL = date(2013, 2, 26)  # flight_delay's 8-week window is then Jan 1 .. Feb 25
+UNTIL = date(2013, 2, 26)  # flight_delay's window is then Jan 1 .. Feb 25 (cut at the first day)
 HOLDOUT = lake.days(date(2013, 2, 19), date(2013, 2, 25))
 FLOW_NAMES = ("renamed-column", "numbers-as-strings", "celsius", "unknown-categories")
 FLOW_FAULTS = [f for f in FLIGHT_FAULTS if f.name in FLOW_NAMES]

@@ -35,12 +35,13 @@ def window_data(spec, table: pd.DataFrame, until: date):
 
 def test_training_window_is_half_open_and_ends_at_until() -> None:
     spec = get_model("flight_delay")
-    w = training.training_window(spec, FLIGHT_UNTIL)
-    assert w.end == FLIGHT_UNTIL
+    until = date(2013, 6, 3)  # late enough that the window is not cut at the first day
+    w = training.training_window(spec, until)
+    assert w.end == until
     assert w.end - w.start == timedelta(weeks=spec.train_weeks)
     assert w.end - w.split == timedelta(weeks=spec.holdout_weeks)
     assert w.train_days == (w.start, w.split - timedelta(days=1))
-    assert w.holdout_days == (w.split, FLIGHT_UNTIL - timedelta(days=1))
+    assert w.holdout_days == (w.split, until - timedelta(days=1))
     assert Window.from_tags(w.to_tags()) == w
 
     reviews = get_model("review_sentiment")
