@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from fleet import etl, lake, sources, training
-from fleet.catalog import FLIGHTS, get_model
+from fleet.catalog import get_dataset, get_model
 from fleet.settings import REPO_ROOT, Settings
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -163,19 +163,19 @@ def prepare(settings: Settings, sizes: tuple[int, ...]) -> tuple[Path, dict[int,
     lake_dir = work / "lake"
     window = training.training_window(spec, REFERENCE_UNTIL)
     wanted = lake.days(*window.days) + lake.days(*SUMMER)
-    missing = [d for d in wanted if not lake.partition_path(lake_dir, FLIGHTS.name, d).exists()]
+    missing = [d for d in wanted if not lake.partition_path(lake_dir, "flights", d).exists()]
     if missing:
         raw = sources.load_flights()
         months = sorted({d.month for d in missing})
-        table = etl.transform_flights(raw[raw["month"].isin(months)], sources.load_weather())
-        for day, frame in etl.build_partitions(FLIGHTS, table, missing).items():
-            lake.write_partition(lake_dir, FLIGHTS.name, day, frame)
+        table = sources.transform_flights(raw[raw["month"].isin(months)], sources.load_weather())
+        for day, frame in etl.build_partitions(get_dataset("flights"), table, missing).items():
+            lake.write_partition(lake_dir, "flights", day, frame)
     reference_path = work / "reference.parquet"
     if not reference_path.exists():
         frame = lake.read_partitions(training.window_partitions(lake_dir, spec, window))
         train, _ = training.split_by_window(spec, frame, window)
         train[train[spec.target].notna()].to_parquet(reference_path, index=False)
-    pool = lake.read_partitions(lake.partitions_in(lake_dir, FLIGHTS.name, *SUMMER))
+    pool = lake.read_partitions(lake.partitions_in(lake_dir, "flights", *SUMMER))
     currents = {}
     for rows in sizes:
         path = work / f"current-{rows}.parquet"

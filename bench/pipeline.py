@@ -139,8 +139,7 @@ def run_direct(settings: Settings, model: str, until: date) -> dict[str, float]:
 
     first, last = window.days
     todo, _ = etl.plan_days(settings.lake_dir, spec.dataset.name, first, last, force=False)
-    raw = timed("etl.extract", lambda: sources.extract(spec.dataset.name))
-    parts = timed("etl.transform", lambda: etl.transform_days(spec.dataset, raw, todo))
+    parts = timed("etl.read", lambda: etl.read_days(spec.dataset, todo))
     batch = etl.concat_partitions(spec.dataset, parts)
     outcome = timed(
         "etl.validate",

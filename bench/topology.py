@@ -46,7 +46,8 @@ from typing import Any
 
 from bench.load import LevelResult, LoadSpec, run_load_process
 from fleet import simulation as sim
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model
+from fleet.catalog import models as catalog_models
 from fleet.settings import REPO_ROOT, Settings
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -71,9 +72,9 @@ Say = Callable[[str], None]
 
 def request_classes() -> dict[str, sim.RequestClass]:
     """A full flight request (both flight models, called together), each model alone."""
-    flight_models = tuple(n for n, s in MODELS.items() if s.dataset.record == "flight")
+    flight_models = tuple(n for n, s in catalog_models().items() if s.dataset.record == "flight")
     classes = {"flight": sim.RequestClass("flight", flight_models)}
-    for name in MODELS:
+    for name in catalog_models():
         classes[name] = sim.RequestClass(name, (name,))
     return classes
 
@@ -85,12 +86,16 @@ def profiles(slowest: str) -> dict[str, dict[str, float]]:
     - skewed: 90 % of requests for flight_delay alone, the model the catalog scales;
     - heavy: 80 % for the model slowest to predict, the rest split over the others.
     """
-    others = [m for m in MODELS if m != slowest]
+    others = [m for m in catalog_models() if m != slowest]
     return {
         "uniform": {"flight": 0.5, "review_sentiment": 0.5},
         "skewed": {
             "flight_delay": 0.9,
-            **{m: 0.1 / (len(MODELS) - 1) for m in MODELS if m != "flight_delay"},
+            **{
+                m: 0.1 / (len(catalog_models()) - 1)
+                for m in catalog_models()
+                if m != "flight_delay"
+            },
         },
         "heavy": {slowest: 0.8, **{m: 0.2 / len(others) for m in others}},
     }
@@ -292,7 +297,7 @@ def _consecutive_free_ports(host: str, count: int) -> int:
 
 def worker_counts() -> tuple[dict[str, int], int, int]:
     """Model workers (specs), micro's gateway workers, and mono's: the same total."""
-    model_workers = {name: spec.serving.workers for name, spec in MODELS.items()}
+    model_workers = {name: spec.serving.workers for name, spec in catalog_models().items()}
     micro_gateway = 1  # the gateway's service declares no workers: BentoML's default
     return model_workers, micro_gateway, sum(model_workers.values()) + micro_gateway
 
@@ -312,10 +317,10 @@ def serving(
     ports = scratch.model_copy(
         update={
             "gateway_port": processes.free_port(host),
-            "model_port_base": _consecutive_free_ports(host, len(MODELS)),
+            "model_port_base": _consecutive_free_ports(host, len(catalog_models())),
         }
     )
-    plan = topo.plan(ports, topology, list(MODELS), tags)  # type: ignore[arg-type]
+    plan = topo.plan(ports, topology, list(catalog_models()), tags)  # type: ignore[arg-type]
     if topology == "mono":
         _, _, mono_workers = worker_counts()
         override = json.dumps({"services": {topo.GATEWAY: {"workers": mono_workers}}})
@@ -531,7 +536,7 @@ def _sweep_one(
     classes = request_classes()
     deps = {
         "micro": sim.scaled_deployment(n, cores, cal, classes, mix, (), net_s),
-        "mono": sim.scaled_deployment(n, cores, cal, classes, mix, list(MODELS), net_s),
+        "mono": sim.scaled_deployment(n, cores, cal, classes, mix, list(catalog_models()), net_s),
     }
     bounds = {k: sim.capacity(d, cal, classes, mix) for k, d in deps.items()}
     top = max(bounds.values())
@@ -1111,15 +1116,15 @@ def run_topology_bench(
 
     cal_n = calibration_requests or max(20, requests // 2)
     warmup = max(5, requests // 10)
-    infos = {name: ensure_champion(settings, name, say) for name in MODELS}
+    infos = {name: ensure_champion(settings, name, say) for name in catalog_models()}
     scratch = scratch_settings(settings)
     scratch.root.mkdir(parents=True, exist_ok=True)
     for db in ("results.db", "predictions.db"):  # bench traffic only, no need to keep it
         for path in scratch.serving_dir.glob(f"{db}*"):
             path.unlink()
-    tags = {name: store.import_champion(scratch, name) for name in MODELS}
+    tags = {name: store.import_champion(scratch, name) for name in catalog_models()}
     records = {}
-    for name in MODELS:
+    for name in catalog_models():
         kind = get_model(name).dataset.record
         if kind not in records:
             records[kind] = request_records(settings, get_model(name), infos[name], n=500)
@@ -1185,7 +1190,7 @@ def run_topology_bench(
                 return quiet, runs[-1]
 
             if topology == "micro":
-                for name in MODELS:
+                for name in catalog_models():
                     say(f"calibration: {name} service, direct")
                     rows = records[get_model(name).dataset.record]
                     answer = "prediction"

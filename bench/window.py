@@ -20,7 +20,6 @@ Writes ``bench/results/window-<model>.{json,md}``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -33,9 +32,9 @@ from typing import Any
 
 import pandas as pd
 
-from fleet import etl, lake, sources, training
+from fleet import etl, lake, training
 from fleet.catalog import ModelSpec, get_model
-from fleet.replay import LIVE_START, QUICK_FLIGHTS, sample_rows
+from fleet.replay import LIVE_START, QUICK_SAMPLE, sample_rows
 from fleet.settings import REPO_ROOT
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -131,8 +130,7 @@ class WindowBench:
 
 def load_rows(spec: ModelSpec, first: date, last: date) -> pd.DataFrame:
     """The ETL rows of ``first..last`` (inclusive), as the lake would hold them."""
-    days = lake.days(first, last)
-    parts = etl.transform_days(spec.dataset, sources.extract(spec.dataset.name), days)
+    parts = etl.read_days(spec.dataset, lake.days(first, last))
     return etl.concat_partitions(spec.dataset, parts)
 
 
@@ -222,7 +220,7 @@ def run_window_bench(
     start: date = LIVE_START,
     end: date = date(2013, 12, 30),
     retrain_every: int = 2,
-    sample: int | None = QUICK_FLIGHTS,
+    sample: int | None = QUICK_SAMPLE,
     out_dir: Path = RESULTS_DIR,
     say: Callable[[str], None] = print,
 ) -> WindowBench:
@@ -233,14 +231,17 @@ def run_window_bench(
     if retrain_every < 1:
         raise ValueError("retrain_every must be at least 1")
     t0 = time.perf_counter()
-    say(f"{model}: ETL rows {etl.DATA_START}..{weeks[-1][1] - timedelta(days=1)}")
-    frame = load_rows(spec, etl.DATA_START, weeks[-1][1] - timedelta(days=1))
+    first_day = spec.dataset.first_day or weeks[0][0] - timedelta(weeks=spec.train_weeks)
+    say(f"{model}: ETL rows {first_day}..{weeks[-1][1] - timedelta(days=1)}")
+    frame = load_rows(spec, first_day, weeks[-1][1] - timedelta(days=1))
     samples = {
         first: sample_rows(spec.dataset, rows_between(spec, frame, first, after), sample, SEED)
         for first, after in weeks
     }
     arms = [
-        run_arm(dataclasses.replace(spec, train_weeks=n), frame, weeks, retrain_every, samples, say)
+        run_arm(
+            spec.model_copy(update={"train_weeks": n}), frame, weeks, retrain_every, samples, say
+        )
         for n in train_weeks
     ]
     bench = WindowBench(

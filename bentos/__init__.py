@@ -1,1 +1,2 @@
-"""BentoML services of the fleet: one per model (``bentos/<model>/``) and the gateway."""
+"""BentoML services of the fleet: one template for every model (``bentos/model/``), the
+gateway, and the Bento builds."""

@@ -1,9 +1,10 @@
 """One BentoML service class per catalog model, built from its spec.
 
-``bentos/<model>/service.py`` is ``Service = make_service("<model>")``. Requests are
-validated by the model generated from the catalog (``fleet.serving.request_model``);
-the model is the Bento model pinned by ``FLEET_BENTO_MODEL_TAG`` (``flight_delay:v3``),
-declared as a class attribute so that ``bentoml build`` bundles exactly that model.
+``bentos/model/service.py`` is ``Service = make_service(served_model())``: one template
+serves any model of the catalog. Requests are validated by the model generated from the
+catalog (``fleet.serving.request_model``); the model is the Bento model pinned by
+``FLEET_BENTO_MODEL_TAG`` (``flight_delay:v3``), declared as a class attribute so that
+``bentoml build`` bundles exactly that model.
 
 No ``from __future__ import annotations`` here: BentoML reads the API methods'
 annotations, which are the per-model request classes of the enclosing factory.
@@ -116,21 +117,41 @@ def served_dir(settings: Settings, model: str) -> Path:
     return base / mine
 
 
+def _bento_info() -> dict[str, Any] | None:
+    """The ``bento.yaml`` of the Bento this code runs from, if it runs from one.
+
+    ``bentoml serve <bento>`` imports ``src/bentos/model_service.py`` of the built Bento,
+    whose ``bento.yaml`` names the model it was built for and the model it holds.
+    """
+    bento_yaml = Path(__file__).resolve().parents[2] / "bento.yaml"
+    if not bento_yaml.is_file():
+        return None
+    import yaml
+
+    return yaml.safe_load(bento_yaml.read_text())
+
+
+def served_model() -> str:
+    """The catalog model to serve: ``FLEET_MODEL``, else the Bento's ``model`` label."""
+    name = os.environ.get(store.MODEL_ENV, "").strip()
+    if not name:
+        name = str(((_bento_info() or {}).get("labels") or {}).get("model", ""))
+    if not name:
+        raise store.StoreError(
+            f"{store.MODEL_ENV} is not set: name the catalog model this service serves "
+            "(e.g. FLEET_MODEL=flight_delay), or serve a Bento built by `fleet build`"
+        )
+    return name
+
+
 def pinned_tag(model: str) -> str | None:
     """The Bento model tag to serve: the env variable, else the Bento being served."""
     tag = os.environ.get(store.TAG_ENV, "").strip()
     if tag:
         return tag
-    # `bentoml serve <bento>` imports src/bentos/model_service.py of the built Bento,
-    # whose bento.yaml lists the one model it was built with
-    bento_yaml = Path(__file__).resolve().parents[2] / "bento.yaml"
-    if bento_yaml.is_file():
-        import yaml
-
-        info = yaml.safe_load(bento_yaml.read_text())
-        for tag in store.bento_model_tags(info):
-            if tag.split(":")[0] == model:
-                return tag
+    for tag in store.bento_model_tags(_bento_info() or {}):
+        if tag.split(":")[0] == model:
+            return tag
     return None
 
 
@@ -275,7 +296,10 @@ def make_service(model_name: str) -> Any:
         "Record", "Service"
     )
     ModelService.__doc__ = f"{spec.name}: {spec.description}."
-    envs = [{"name": "OMP_NUM_THREADS", "value": "1"}]
+    envs = [
+        {"name": "OMP_NUM_THREADS", "value": "1"},
+        {"name": store.MODEL_ENV, "value": spec.name},
+    ]
     if tag is not None:
         envs.append({"name": store.TAG_ENV, "value": tag})
     return bentoml.service(

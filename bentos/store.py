@@ -1,27 +1,26 @@
-"""The Bento model store: champions imported from the MLflow registry, Bentos built per model.
+"""The Bento model store: champions imported from the MLflow registry.
 
 Model tags pin the registry version (``flight_delay:v3``), never ``:latest``, so a
 running service always names exactly what it serves. The store lives under
-``$FLEET_HOME/bentoml`` (``BENTOML_HOME``).
+``$FLEET_HOME/bentoml`` (``BENTOML_HOME``). Bentos are built by ``bentos.build``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet import registry
-from fleet.catalog import MODELS, get_model
-from fleet.settings import REPO_ROOT, TELEMETRY_OFF, Settings
+from fleet import catalog, registry
+from fleet.catalog import get_model
+from fleet.secrets import mask_url
+from fleet.settings import TELEMETRY_OFF, Settings
 
 TAG_ENV = "FLEET_BENTO_MODEL_TAG"
-BENTOS_DIR = REPO_ROOT / "bentos"
+MODEL_ENV = "FLEET_MODEL"  # which catalog model bentos/model/service.py serves
 
 
 class StoreError(RuntimeError):
@@ -89,7 +88,7 @@ def import_champion(settings: Settings, model: str) -> str:
                 "metric": info.metric,
                 "score": info.score,
                 "partitions_digest": info.partitions_digest,
-                "registry": settings.tracking_uri,
+                "registry": mask_url(settings.tracking_uri),
             },
         )
     return tag
@@ -99,7 +98,7 @@ def champion_tags(settings: Settings) -> dict[str, str]:
     """Import every catalog model that has a champion; {model: pinned tag}."""
     return {
         name: import_champion(settings, name)
-        for name in MODELS
+        for name in catalog.models()
         if registry.champion_info(settings, name) is not None
     }
 
@@ -168,7 +167,7 @@ def service_env(settings: Settings, tag: str) -> dict[str, str]:
         BENTOML_HOME=str(bentoml_home(settings)),
         MLFLOW_TRACKING_URI=settings.tracking_uri,
         OMP_NUM_THREADS="1",  # single rows: one thread beats fighting threads (training.py)
-        **{TAG_ENV: tag},
+        **{TAG_ENV: tag, MODEL_ENV: tag.split(":")[0]},
     )
     return env
 
@@ -179,56 +178,3 @@ def bento_model_tags(info: dict[str, Any]) -> list[str]:
     for svc in info.get("services") or []:
         entries += svc.get("models") or []
     return sorted({str(e["tag"]) for e in entries})
-
-
-UV_GUARD = """#!/bin/sh
-echo "modelfleet: bentoml tried to run uv ($*); Bento builds must stay offline" >&2
-exit 1
-"""
-
-
-def _uv_dir(settings: Settings) -> Path:
-    """A directory holding a ``uv`` for ``bentoml build``.
-
-    BentoML 1.4 looks uv up on every build and, when absent, runs ``pip install uv``
-    (a download). With ``lock_packages: false`` and no uv.lock in the Bento it never
-    runs it, so the Makefile's private uv is used when present, else a guard that fails
-    loudly should a build ever try to resolve packages.
-    """
-    private = REPO_ROOT / ".uv" / "bin"
-    if (private / "uv").exists():
-        return private
-    guard = bentoml_home(settings) / "uv-guard"
-    guard.mkdir(parents=True, exist_ok=True)
-    script = guard / "uv"
-    if not script.exists():
-        script.write_text(UV_GUARD)
-        script.chmod(0o755)
-    return guard
-
-
-def build_bento(settings: Settings, model: str, tag: str | None = None) -> str:
-    """``bentoml build`` of one model's Bento with its pinned model; the Bento tag.
-
-    ``tag`` defaults to the champion (imported first if needed). Runs the real CLI in a
-    subprocess from the repository root; nothing is downloaded (no containerize).
-    """
-    spec = get_model(model)
-    tag = tag or import_champion(settings, model)
-    bentofile = BENTOS_DIR / spec.name / "bentofile.yaml"
-    bentoml = Path(sys.executable).with_name("bentoml")
-    env = service_env(settings, tag)
-    env["PATH"] = os.pathsep.join([str(_uv_dir(settings)), env.get("PATH", "")])
-    proc = subprocess.run(
-        [str(bentoml), "build", "-f", str(bentofile), "-o", "tag", str(REPO_ROOT)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if proc.returncode != 0:
-        raise StoreError(f"bentoml build of {model} failed:\n{proc.stderr[-3000:]}")
-    # "-o tag" prints "__tag__:<name>:<version>" as the last line
-    last = proc.stdout.strip().splitlines()[-1]
-    return last.removeprefix("__tag__:")

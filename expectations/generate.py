@@ -1,6 +1,7 @@
 """Regenerate the committed GX suites from the catalog: ``python expectations/generate.py``.
 
-Tuning belongs in ``fleet/catalog.py``; this only writes what ``fleet.suites`` derives.
+Tuning belongs in the dataset specs (``catalog/datasets/``); this only writes what
+``fleet.suites`` derives, for review in git (the gate derives the same suites itself).
 """
 
 from __future__ import annotations

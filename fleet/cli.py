@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 bench_app = typer.Typer(help="Benchmarks: measured figures and ratios, JSON + markdown.")
 app.add_typer(bench_app, name="bench")
+catalog_app = typer.Typer(
+    help="The fleet's spec files: catalog/datasets/*.yaml, catalog/models/*.yaml."
+)
+app.add_typer(catalog_app, name="catalog")
 # piped output (logs, CI) gets room for whole table cells instead of rich's 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -140,11 +144,11 @@ def train(
     if (model is None) == (not all_models):
         _fail("name one MODEL or pass --all", code=2)
     settings = _setup()
-    from fleet.catalog import MODELS, get_model
+    from fleet.catalog import get_model, model_names
     from flows.runners import training_runner
     from flows.train import train_fleet_flow
 
-    names = list(MODELS) if all_models else [model]
+    names = model_names() if all_models else [model]
     try:
         for name in names:
             get_model(name)
@@ -288,14 +292,15 @@ def replay(
     step: Annotated[str, typer.Option(help="week, day or a number of days such as 10d")] = "week",
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="March to May, 300 flights a week, served mono (~10 min)"),
+        typer.Option("--quick", help="March to May, 300 rows a week per dataset, served mono"),
     ] = False,
     topology: Annotated[
         str | None,
         typer.Option(help="micro or mono serving [default: micro; mono with --quick]"),
     ] = None,
-    flights_per_week: Annotated[
-        int | None, typer.Option(help="flights sent per step (default: all; --quick: 300)")
+    per_week: Annotated[
+        int | None,
+        typer.Option(help="rows sent per step and dataset (default: all; --quick: 300)"),
     ] = None,
 ) -> None:
     """The closed loop over 2013: traffic, labels, drift jobs, retraining, promotion.
@@ -317,7 +322,7 @@ def replay(
             step=step,
             quick=quick,
             topology_name=topology,
-            flights_per_week=flights_per_week,
+            per_week=per_week,
         )
     except (ReplayError, processes.ProcessError, ValueError) as exc:
         _fail(str(exc))
@@ -449,6 +454,27 @@ def bench_serve(
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 
 
+@bench_app.command("bentos")
+def bench_bentos(
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated model names; default: all")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """Every Bento built, installed in a fresh venv from its own requirements, served."""
+    settings = _setup()
+    from bench.bentos import RESULTS_DIR, run_bentos_bench
+
+    names = models.split(",") if models else None
+    for name in names or []:
+        _known_model(name)
+    results = run_bentos_bench(settings, names, out_dir or RESULTS_DIR, say=console.print)
+    console.print(results.markdown())
+    console.print(f"results: {results.json_path} and {results.markdown_path}")
+    if not results.all_served:
+        raise typer.Exit(1)
+
+
 @bench_app.command("window")
 def bench_window(
     model: Annotated[
@@ -529,6 +555,15 @@ def serve(
         names = topo.resolve_models(models.split(",") if models else None)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=2)
+    if not models and not topo.running(settings):  # the whole fleet: serve what has a champion
+        from fleet.registry import champion_info
+
+        untrained = [n for n in names if champion_info(settings, n) is None]
+        for name in untrained:
+            console.print(f"{name}: no @champion yet, not served (train it: `fleet train {name}`)")
+        names = [n for n in names if n not in untrained]
+        if not names:
+            _fail("no model has a @champion yet; train them with `fleet train --all`")
     console.print(f"starting {topology}: {', '.join(names)} ...")
     try:
         _, started = topo.start_fleet(settings, topology, names, timeout=timeout)
@@ -569,23 +604,56 @@ def _print_components(settings: Settings) -> None:
 
 
 @app.command()
-def build(model: Annotated[str, typer.Argument(help="model name from the catalog")]) -> None:
-    """`bentoml build` of one model's Bento, holding only its @champion version."""
+def build(
+    model: Annotated[
+        str | None, typer.Argument(help="model name from the catalog, or gateway")
+    ] = None,
+    all_models: Annotated[
+        bool, typer.Option("--all", help="every model with a @champion, and the gateway")
+    ] = False,
+) -> None:
+    """A self-contained Bento per model (its @champion pinned) and for the gateway."""
+    if (model is None) == (not all_models):
+        _fail("name one MODEL (or gateway) or pass --all", code=2)
     settings = _setup()
-    from bentos.store import StoreError, bentoml_home, build_bento
-    from fleet.catalog import get_model
+    from bentos import build as bento_build
+    from bentos.store import StoreError, bentoml_home
+    from fleet.catalog import get_model, model_names
+    from fleet.registry import champion_info
 
-    try:
-        get_model(model)
-        with console.status(f"building the {model} Bento (takes a minute)"):
-            tag = build_bento(settings, model)
-    except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
-    except StoreError as exc:
-        _fail(str(exc))
+    if all_models:
+        names = [n for n in model_names() if champion_info(settings, n) is not None]
+        for skipped in sorted(set(model_names()) - set(names)):
+            console.print(f"{skipped}: no @champion yet, skipped (`fleet train {skipped}`)")
+        names.append(bento_build.GATEWAY)
+    else:
+        names = [model]
+        if model != bento_build.GATEWAY:
+            try:
+                get_model(model)
+            except KeyError as exc:
+                _fail(str(exc.args[0]), code=2)
+    built = []
+    for name in names:
+        try:
+            with console.status(f"building the {name} Bento"):
+                if name == bento_build.GATEWAY:
+                    done = bento_build.build_gateway(settings)
+                else:
+                    done = bento_build.build_model(settings, name)
+        except StoreError as exc:
+            _fail(str(exc))
+        console.print(f"built Bento {done.tag} ({done.seconds:.0f} s): {done.path}")
+        built.append(done)
     home = bentoml_home(settings)
-    console.print(f"built Bento {tag} in the Bento store {home}")
-    console.print(f"serve it on its own: BENTOML_HOME={home} bentoml serve {tag} --port 3001")
+    console.print(f"Bento store: {home}")
+    example = next((b for b in built if b.name != bento_build.GATEWAY), built[0])
+    console.print(
+        f"serve one on its own: BENTOML_HOME={home} bentoml serve {example.tag} --port 3001"
+    )
+    console.print(
+        "container image (needs Docker): bentoml containerize <tag>; see docs/operations.md"
+    )
 
 
 @app.command()
@@ -692,5 +760,62 @@ def down(
         console.print(f"{running.name} (pid {running.pid}, {running.url}): {what}")
 
 
+@catalog_app.command("check")
+def catalog_check() -> None:
+    """Validate every dataset and model spec; exit 1 naming the file and field on error."""
+    from fleet import catalog, readers
+    from fleet.deployments import deployments
+
+    root = catalog.catalog_dir()
+    catalog.clear_cache()
+    try:
+        loaded = catalog.load_catalog(root)
+    except catalog.CatalogError as exc:
+        _fail(str(exc))
+    problems = [p for ds in loaded.datasets.values() for p in readers.check(ds)]
+    if problems:
+        _fail(problems[0])
+    table = Table(title=f"catalog {root}")
+    for column in ("model", "dataset", "task", "target", "features", "estimator", "metric"):
+        table.add_column(column, no_wrap=column != "features")
+    for spec in loaded.models.values():
+        table.add_row(
+            spec.name, spec.dataset.name, spec.task, spec.target, str(len(spec.features)),
+            spec.estimator.name, f"{spec.promotion.metric} (+{spec.promotion.margin})",
+        )  # fmt: skip
+    console.print(table)
+    for ds in loaded.datasets.values():
+        console.print(
+            f"dataset {ds.name}: {len(ds.columns)} columns, reader {ds.reader.name}, "
+            f"gateway input '{ds.record}'"
+        )
+    per_model = [
+        d["name"] for d in deployments() if any(d["name"].endswith(m) for m in loaded.models)
+    ]
+    console.print(f"derived deployments: {', '.join(per_model)}")
+    console.print(f"[green]ok[/]: {len(loaded.datasets)} dataset(s), {len(loaded.models)} model(s)")
+
+
+@app.command()
+def deploy() -> None:
+    """Create the work pool, retrain limits and every deployment (per-model ones from the
+    catalog) on the Prefect API in use: PREFECT_API_URL, else the `fleet up` stack."""
+    settings = _setup()
+    from fleet import processes, stack
+
+    try:
+        names = stack.deploy_all(settings, say=console.print)
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    console.print(f"deployed {len(names)}: {', '.join(names)}")
+
+
 def main() -> None:
-    app()
+    """The ``fleet`` entry point: a catalog problem is a clear message, not a traceback."""
+    from fleet.catalog import CatalogError
+
+    try:
+        app()
+    except CatalogError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(2) from None

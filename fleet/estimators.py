@@ -16,7 +16,9 @@ the real data *and* fast single-row prediction for serving:
   delays are heavy-tailed.
 - text: TF-IDF on word uni- and bigrams + logistic regression.
 
-Seeds are fixed so the same data gives the same model.
+Seeds are fixed so the same data gives the same model. A spec's ``estimator.options``
+override the hyperparameters below (the booster's for ``tabular``; ``C`` and the
+vectorizer's ``min_df``/``max_df``/``ngram_range`` for ``text``).
 """
 
 from __future__ import annotations
@@ -64,10 +66,13 @@ def tabular_pipeline(spec: ModelSpec) -> Pipeline:
         "early_stopping": False,
         "random_state": SEED,
     }
+    if spec.task == "regression":
+        common["loss"] = "absolute_error"
+    common.update(spec.estimator.options)
     if spec.task == "classification":
         model = HistGradientBoostingClassifier(**common)
     else:
-        model = HistGradientBoostingRegressor(loss="absolute_error", **common)
+        model = HistGradientBoostingRegressor(**common)
     return Pipeline([("columns", columns), ("model", model)])
 
 
@@ -81,11 +86,17 @@ def text_pipeline(spec: ModelSpec) -> Pipeline:
     text = [c.name for c in spec.feature_columns if c.kind == "text"]
     if len(text) != 1 or spec.task != "classification":
         raise ValueError(f"{spec.name}: text pipeline needs one text feature and classification")
-    tfidf = TfidfVectorizer(
-        ngram_range=(1, 2), min_df=2, max_df=0.9, sublinear_tf=True, strip_accents="unicode"
-    )
+    options = dict(spec.estimator.options)
+    vectorizer = {
+        "ngram_range": tuple(options.pop("ngram_range", (1, 2))),
+        "min_df": options.pop("min_df", 2),
+        "max_df": options.pop("max_df", 0.9),
+    }
+    tfidf = TfidfVectorizer(sublinear_tf=True, strip_accents="unicode", **vectorizer)
     # a scalar column name hands the vectorizer a 1-D series of documents
     columns = ColumnTransformer([("text", tfidf, text[0])], remainder="drop")
     # liblinear: 5-10x faster than lbfgs on ~25k sparse bigram columns, same accuracy here
-    model = LogisticRegression(C=8.0, solver="liblinear", max_iter=1000, random_state=SEED)
+    model = LogisticRegression(
+        **{"C": 8.0, "solver": "liblinear", "max_iter": 1000, "random_state": SEED, **options}
+    )
     return Pipeline([("columns", columns), ("model", model)])

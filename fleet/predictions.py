@@ -31,7 +31,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from fleet.catalog import MODELS
+from fleet import catalog
 from fleet.results import JSONType, make_engine
 
 logger = logging.getLogger("fleet.predictions")
@@ -168,7 +168,7 @@ class PredictionLog:
             meta[col] = pd.to_datetime(meta[col], utc=True)
         features = pd.DataFrame([r["features"] for r in rows])
         # PostgreSQL's JSONB does not keep key order: the catalog's order, as in training
-        spec = MODELS.get(model)
+        spec = catalog.models().get(model)
         if spec is not None:
             known = [c for c in spec.features if c in features.columns]
             features = features[known + [c for c in features.columns if c not in known]]

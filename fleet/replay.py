@@ -27,16 +27,17 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from fleet import etl, lake, serving, sources, training
-from fleet.catalog import MODELS, Dataset, ModelSpec, get_model
+from fleet import catalog, etl, lake, routing, serving, training
+from fleet.catalog import Dataset, ModelSpec, get_model
 from fleet.settings import Settings
 
 LIVE_START = date(2013, 2, 26)  # after eight weeks of bootstrap data
 # the weather table has no rows for 2013-12-31: a week made of it fails the GX gate
 LIVE_END = date(2013, 12, 30)
 QUICK_END = date(2013, 6, 3)  # fourteen weeks of live traffic
-# two weeks of 300 fill a drift window above the flight models' 500-row minimum
-QUICK_FLIGHTS = 300
+# rows a week per dataset: two weeks of 300 flights fill a drift window above the flight
+# models' 500-row minimum; reviews (~100 a week) are all sent
+QUICK_SAMPLE = 300
 
 
 class ReplayError(RuntimeError):
@@ -48,34 +49,45 @@ class ReplayConfig:
     start: date = LIVE_START  # first day of live traffic; the bootstrap trains before it
     end: date = LIVE_END  # last day of live traffic (inclusive)
     step_days: int = 7
-    # rows sent per week and dataset (None: all); a sample keeps the quick replay short
-    sample: dict[str, int | None] = field(default_factory=lambda: {"flights": None})
+    # rows sent per step and dataset (None: all); a sample keeps the quick replay short
+    sample: int | None = None
     monitor_days: int = 14  # each drift job looks at this many days of log up to the step
     concurrency: int = 8
     topology: str = "micro"
     seed: int = 2013
-    models: tuple[str, ...] = tuple(MODELS)
+    models: tuple[str, ...] = field(default_factory=lambda: tuple(catalog.model_names()))
 
     def __post_init__(self) -> None:
-        if self.start <= etl.DATA_START + timedelta(days=7):
+        first, last = self.coverage()
+        if self.start <= first + timedelta(days=7):
             raise ReplayError(
                 f"start {self.start} leaves no bootstrap weeks; start on "
-                f"{etl.DATA_START + timedelta(days=14)} or later"
+                f"{first + timedelta(days=14)} or later"
             )
-        if self.end < self.start or self.end > etl.DATA_END:
-            raise ReplayError(f"end {self.end} must lie in {self.start}..{etl.DATA_END}")
+        if self.end < self.start or self.end > last:
+            raise ReplayError(f"end {self.end} must lie in {self.start}..{last}")
+
+    def coverage(self) -> tuple[date, date]:
+        """The days every replayed model's data covers (first_day..last_day of the specs)."""
+        specs = [get_model(name).dataset for name in self.models]
+        missing = [d.name for d in specs if d.first_day is None or d.last_day is None]
+        if missing:
+            raise ReplayError(
+                f"the replay needs first_day and last_day in the specs of {sorted(set(missing))}"
+            )
+        return max(d.first_day for d in specs), min(d.last_day for d in specs)  # type: ignore[type-var]
         if self.step_days < 1 or self.monitor_days < self.step_days:
             raise ReplayError("step_days must be >= 1 and monitor_days >= step_days")
 
     @classmethod
     def quick(cls, **overrides: Any) -> ReplayConfig:
-        """March to May, 300 flights a week, one serving process: ~10 minutes on 2 cores.
+        """March to May, at most 300 rows a week per dataset, one serving process.
 
         Mono: a promotion swaps the model inside the running process in about a second,
         where micro starts a new service process (~25 s on two busy cores) per promotion.
         """
         values: dict[str, Any] = {
-            "end": QUICK_END, "sample": {"flights": QUICK_FLIGHTS}, "topology": "mono",
+            "end": QUICK_END, "sample": QUICK_SAMPLE, "topology": "mono",
         }  # fmt: skip
         return cls(**{**values, **overrides})
 
@@ -176,8 +188,7 @@ def week_rows(
     dataset: Dataset, first: date, after: date, sample: int | None, seed: int
 ) -> pd.DataFrame:
     """The week's ETL rows of ``dataset`` (as the lake will get them), sampled."""
-    days = lake.days(first, after - timedelta(days=1))
-    parts = etl.transform_days(dataset, sources.extract(dataset.name), days)
+    parts = etl.read_days(dataset, lake.days(first, after - timedelta(days=1)))
     return sample_rows(dataset, etl.concat_partitions(dataset, parts), sample, seed)
 
 
@@ -190,23 +201,22 @@ def sample_rows(
     return rows.sort_values(dataset.timestamp, kind="stable").reset_index(drop=True)
 
 
-def record_specs(models: tuple[str, ...]) -> dict[str, ModelSpec]:
-    """One spec per dataset whose features make up the gateway record (the widest)."""
-    chosen: dict[str, ModelSpec] = {}
-    for name in models:
-        spec = get_model(name)
-        held = chosen.get(spec.dataset.name)
-        if held is None or len(spec.features) > len(held.features):
-            chosen[spec.dataset.name] = spec
-    return chosen
+def traffic_datasets(models: tuple[str, ...]) -> list[Dataset]:
+    """The datasets whose records the replayed models read, catalog order."""
+    used = {get_model(name).dataset.name for name in models}
+    return [d for d in catalog.datasets().values() if d.name in used]
 
 
-def gateway_bodies(spec: ModelSpec, rows: pd.DataFrame, models: tuple[str, ...]) -> list[dict]:
-    """Gateway requests for ``rows``: key as request id, own timestamp as event time."""
-    dataset = spec.dataset
+def gateway_bodies(dataset: Dataset, rows: pd.DataFrame, models: tuple[str, ...]) -> list[dict]:
+    """Gateway requests for ``rows``: key as request id, own timestamp as event time.
+
+    Each body carries the record the gateway expects for the dataset (every feature its
+    models read) and asks for the replayed models of that dataset only.
+    """
+    _, features = routing.input_features(dataset.record)
     wanted = [m for m in models if get_model(m).dataset.name == dataset.name]
     stamps = pd.to_datetime(rows[dataset.timestamp])
-    records = serving.json_records(spec, rows)
+    records = serving.records_of([dataset.column(f) for f in features], rows)
     return [
         {
             "request_id": str(key),
@@ -323,8 +333,9 @@ class Replay:
         if reset:
             self.log(f"reset the previous replay's state under {self.settings.root}")
         last = self.config.start - timedelta(days=1)
-        self.log(f"bootstrap: loading {etl.DATA_START}..{last} and training every model")
-        self.etl(etl.DATA_START, last)
+        first = self.config.coverage()[0]
+        self.log(f"bootstrap: loading {first}..{last} and training every model")
+        self.etl(first, last)
         for outcome in self.train_all(self.config.start):
             if outcome.status == "failed":
                 raise ReplayError(
@@ -343,15 +354,16 @@ class Replay:
         cfg = self.config
         sent: dict[str, int] = {}
         errors = 0
-        for dataset, spec in record_specs(cfg.models).items():
-            rows = week_rows(spec.dataset, first, after, cfg.sample.get(dataset), cfg.seed)
-            bodies = gateway_bodies(spec, rows, cfg.models)
+        for dataset in traffic_datasets(cfg.models):
+            rows = week_rows(dataset, first, after, cfg.sample, cfg.seed)
+            bodies = gateway_bodies(dataset, rows, cfg.models)
             traffic = send_traffic(gateway_url, bodies, cfg.concurrency)
-            sent[dataset] = traffic.sent
+            sent[dataset.name] = traffic.sent
             errors += traffic.errors
             if traffic.errors:
                 self.log(
-                    f"  {dataset}: {traffic.errors} of {traffic.sent} failed: {traffic.samples}"
+                    f"  {dataset.name}: {traffic.errors} of {traffic.sent} failed: "
+                    f"{traffic.samples}"
                 )
         self.etl(first, after - timedelta(days=1))  # the week's labels arrive
         models = {name: self._monitor_and_act(name, first, after) for name in cfg.models}

@@ -102,6 +102,25 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def insert_missing(engine: sa.Engine, table: Any, values: dict[str, Any], key: str) -> None:
+    """Insert the row ``values`` unless one with the same primary ``key`` exists (race-safe)."""
+    dialect = engine.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=[key])
+        with engine.begin() as conn:
+            conn.execute(stmt)
+        return
+    try:  # other databases: the primary key refuses the second insert
+        with engine.begin() as conn:
+            conn.execute(sa.insert(table).values(**values))
+    except sa.exc.IntegrityError:
+        pass
+
+
 class ResultStore:
     """Combined results in a SQL database; ``create()`` makes the table if missing."""
 

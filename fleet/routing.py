@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleet.catalog import DATASETS, MODELS, ModelSpec
+from fleet import catalog
+from fleet.catalog import Dataset, ModelSpec
 
 
 class RoutingError(ValueError):
@@ -74,33 +75,28 @@ class CombinedResult:
 
 
 def record_kinds() -> list[str]:
-    """The input keys a gateway request may carry, in catalog order."""
-    return [d.record for d in DATASETS.values()]
+    """The input keys a gateway request may carry: each dataset's ``record``, that has models."""
+    used = {spec.dataset.name for spec in catalog.models().values()}
+    return [d.record for d in catalog.datasets().values() if d.name in used]
 
 
 def models_for_record(record: str) -> list[str]:
     """Every catalog model whose dataset's record is ``record``, in catalog order."""
-    return [name for name, spec in MODELS.items() if spec.dataset.record == record]
+    return [name for name, spec in catalog.models().items() if spec.dataset.record == record]
 
 
-def input_spec(record: str) -> ModelSpec:
-    """The model whose features cover every model on ``record``'s dataset.
+def input_features(record: str) -> tuple[Dataset, tuple[str, ...]]:
+    """The dataset behind ``record`` and every feature its models read, in column order.
 
-    Its generated request model validates the gateway's input of that kind, so the
-    gateway holds no second copy of the schema. Raises if no model's features cover the
-    others' (the catalog would need a dataset-level request model then).
+    The gateway validates its input of that kind with the catalog-generated model of
+    these columns, so it holds no second copy of the schema.
     """
-    specs = [MODELS[name] for name in models_for_record(record)]
+    specs = [catalog.get_model(name) for name in models_for_record(record)]
     if not specs:
         raise RoutingError(f"no model in the catalog takes a {record!r}")
+    dataset = specs[0].dataset
     needed = set().union(*(s.features for s in specs))
-    for spec in specs:
-        if needed <= set(spec.features):
-            return spec
-    raise ValueError(
-        f"no single model's features cover every {record!r} model: "
-        f"{', '.join(s.name for s in specs)}"
-    )
+    return dataset, tuple(c for c in dataset.column_names if c in needed)
 
 
 def plan(inputs: Mapping[str, Any], models: Sequence[str] | None = None) -> dict[str, str]:
@@ -112,24 +108,25 @@ def plan(inputs: Mapping[str, Any], models: Sequence[str] | None = None) -> dict
     """
     present = {kind for kind in record_kinds() if inputs.get(kind) is not None}
     if models is None:
-        chosen = {name: MODELS[name].dataset.record for kind in present
-                  for name in models_for_record(kind)}  # fmt: skip
+        chosen = {name: kind for kind in present for name in models_for_record(kind)}
         if not chosen:
             kinds = " and/or ".join(f"'{k}'" for k in record_kinds())
             raise RoutingError(f"the request holds no input: give {kinds}")
-        return dict(sorted(chosen.items(), key=lambda kv: list(MODELS).index(kv[0])))
+        order = catalog.model_names()
+        return dict(sorted(chosen.items(), key=lambda kv: order.index(kv[0])))
 
     if not models:
         raise RoutingError("'models' is empty: name at least one model or leave it out")
-    unknown = [name for name in models if name not in MODELS]
+    known = catalog.models()
+    unknown = [name for name in models if name not in known]
     if unknown:
         raise RoutingError(
             f"unknown model(s) {', '.join(map(repr, unknown))} in 'models'; "
-            f"the catalog has: {', '.join(MODELS)}"
+            f"the catalog has: {', '.join(known)}"
         )
     chosen = {}
     for name in dict.fromkeys(models):  # de-duplicated, order kept
-        kind = MODELS[name].dataset.record
+        kind = known[name].dataset.record
         if kind not in present:
             raise RoutingError(f"model {name!r} needs a '{kind}' input, and the request has none")
         chosen[name] = kind
@@ -177,9 +174,10 @@ def utcnow() -> datetime:
 
 def gateway_request_model() -> type[Any]:
     """The gateway's request body: optional ``request_id``, one optional record per kind
-    (validated by the catalog-generated model of :func:`input_spec`), optional ``models``.
+    (validated by the catalog-generated model of :func:`input_features`), optional
+    ``models``.
 
-    Built from ``fleet.serving.request_model``: the same schema as the model services.
+    Built from the same catalog columns as the model services' request models.
     """
     from typing import Optional
 
@@ -217,20 +215,21 @@ def gateway_request_model() -> type[Any]:
         ),
     }
     for kind in record_kinds():
-        spec = input_spec(kind)
+        dataset, features = input_features(kind)
         users = ", ".join(models_for_record(kind))
         fields[kind] = (
-            Optional[serving.request_model(spec)],  # noqa: UP045
+            Optional[serving.input_model(dataset, features)],  # noqa: UP045
             Field(None, description=f"one {kind}: sent to {users}"),
         )
-        examples[kind] = serving.example_record(spec)
+        examples[kind] = serving.example_of([dataset.column(f) for f in features])
     # plain strings: routing.plan rejects unknown names with the catalog's list (a 4xx)
     fields["models"] = (
         Optional[list[str]],  # noqa: UP045
         Field(
             None,
             min_length=1,
-            description=f"only these models (default: all that apply); one of {', '.join(MODELS)}",
+            description="only these models (default: all that apply); one of "
+            + ", ".join(catalog.model_names()),
         ),
     )
     config = ConfigDict(extra="forbid", json_schema_extra={"example": examples})

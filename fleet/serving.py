@@ -18,14 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from fleet import training
 
 if TYPE_CHECKING:
-    from fleet.catalog import Column, ModelSpec
+    from fleet.catalog import Column, Dataset, ModelSpec
 
 # categories are open (new carriers and routes appear), but a code is never an essay
 MAX_CATEGORY_LENGTH = 64
 
 
-def _class_name(spec: ModelSpec) -> str:
-    return "".join(part.capitalize() for part in spec.name.split("_")) + "Record"
+def _class_name(name: str) -> str:
+    return "".join(part.capitalize() for part in name.split("_")) + "Record"
 
 
 def _field(col: Column) -> tuple[Any, Any]:
@@ -70,23 +70,41 @@ def _field(col: Column) -> tuple[Any, Any]:
     return annotation, info
 
 
-def example_record(spec: ModelSpec) -> dict[str, Any]:
+def example_of(columns: Iterable[Column]) -> dict[str, Any]:
     """A realistic request record built from the columns' catalog examples."""
-    return {col.name: col.example for col in spec.feature_columns}
+    return {col.name: col.example for col in columns}
+
+
+def example_record(spec: ModelSpec) -> dict[str, Any]:
+    return example_of(spec.feature_columns)
+
+
+def _record_model(title: str, doc: str, columns: list[Column]) -> type[BaseModel]:
+    fields = {col.name: _field(col) for col in columns}
+    config = ConfigDict(extra="forbid", json_schema_extra={"example": example_of(columns)})
+    model = create_model(title, __config__=config, **fields)
+    model.__doc__ = doc
+    return model
 
 
 @cache
 def request_model(spec: ModelSpec) -> type[BaseModel]:
     """The pydantic model of one request record of ``spec`` (extra fields forbidden)."""
-    fields = {col.name: _field(col) for col in spec.feature_columns}
-    config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"example": example_record(spec)},
-        title=_class_name(spec),
+    return _record_model(
+        _class_name(spec.name),
+        f"One {spec.dataset.record} for {spec.name}: {spec.description}.",
+        spec.feature_columns,
     )
-    model = create_model(_class_name(spec), __config__=config, **fields)
-    model.__doc__ = f"One {spec.dataset.record} for {spec.name}: {spec.description}."
-    return model
+
+
+@cache
+def input_model(dataset: Dataset, features: tuple[str, ...]) -> type[BaseModel]:
+    """The gateway's record of ``dataset``: every feature any of its models reads."""
+    return _record_model(
+        _class_name(dataset.record),
+        f"One {dataset.record} ({dataset.description}).",
+        [dataset.column(name) for name in features],
+    )
 
 
 def _as_dict(record: BaseModel | Mapping[str, Any]) -> Mapping[str, Any]:
@@ -166,7 +184,11 @@ def _json_value(col: Column, value: Any) -> Any:
 
 def json_records(spec: ModelSpec, rows: pd.DataFrame) -> list[dict[str, Any]]:
     """Request records of ``spec`` from lake rows: plain JSON types, nulls as None."""
-    columns = spec.feature_columns
+    return records_of(spec.feature_columns, rows)
+
+
+def records_of(columns: list[Column], rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Request records of these columns from lake rows: plain JSON types, nulls as None."""
     frame = rows[[c.name for c in columns]].astype(object)
     frame = frame.where(frame.notna(), None)
     return [

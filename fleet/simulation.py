@@ -205,11 +205,9 @@ class _Model:
             for model in cls.models:
                 if model in self.hosts:
                     continue
-                hosts = deployment.hosts(model)
-                local = all(model in g.models for g in self.gateways)
-                if not hosts and not local:
-                    raise ValueError(f"no process serves {model}")
-                self.hosts[model] = hosts
+                # a model no process serves is an error once a request needs it: a
+                # deployment sized for a mix leaves out the models the mix never calls
+                self.hosts[model] = deployment.hosts(model)
         for machine, busy in enumerate(deployment.background):
             if busy > 0:
                 self.env.process(
@@ -289,6 +287,8 @@ class _Model:
         if model in gateway.models:
             yield from self.burst(gateway, gw_worker, self.cal.predict_s[model])
             return
+        if not self.hosts[model]:
+            raise ValueError(f"no process serves {model}")
         target = self.pick(self.hosts[model])
         worker = self.enter(target)
         yield from self.burst(gateway, gw_worker, self.cal.call_s / 2)

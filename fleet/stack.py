@@ -27,17 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from fleet import processes
-from fleet.catalog import MODELS, model_port
+from fleet import catalog, deployments, processes
+from fleet.catalog import model_port
 from fleet.processes import Launch, Running
 from fleet.settings import REPO_ROOT, Settings
 
 STACK = "stack"  # the processes group of the stack's own servers
 PREFECT, MLFLOW, WORKER = "prefect", "mlflow", "worker"
-WORK_POOL = "fleet"  # the process pool every default deployment of prefect.yaml targets
-PREFECT_FILE = REPO_ROOT / "prefect.yaml"
+WORK_POOL = deployments.WORK_POOL
 
 
 class StackError(processes.ProcessError):
@@ -221,25 +218,19 @@ def ensure_work_pool(name: str = WORK_POOL) -> bool:
             return True
 
 
-def deployments(path: Path = PREFECT_FILE) -> list[dict]:
-    """The deployment entries of prefect.yaml (anchors resolved)."""
-    return yaml.safe_load(path.read_text())["deployments"]
-
-
-def local_deployments(path: Path = PREFECT_FILE) -> list[str]:
-    """Names of the deployments that run on the stack's own `process` pool."""
-    return [d["name"] for d in deployments(path) if d["work_pool"]["name"] == WORK_POOL]
-
-
 def deploy(
     settings: Settings,
     names: list[str] | None = None,
     timeout: float = 300.0,
-    path: Path = PREFECT_FILE,
+    path: Path = deployments.PREFECT_FILE,
 ) -> str:
-    """`prefect deploy` the named deployments of ``path`` (default: the local ones)."""
-    names = names or local_deployments(path)
-    command = [_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(path)]
+    """`prefect deploy` the named deployments of ``path`` expanded for the catalog
+    (default: every one on the local `process` pool)."""
+    names = names or deployments.local_deployments(path)
+    expanded = deployments.write_expanded(
+        processes.group_dir(settings, STACK) / "prefect.yaml", path
+    )
+    command = [_bin("prefect"), "--no-prompt", "deploy", "--prefect-file", str(expanded)]
     for name in names:
         command += ["--name", name]
     env = {**os.environ, **run_env(settings)}
@@ -250,6 +241,27 @@ def deploy(
     if done.returncode != 0:
         raise StackError(f"`prefect deploy` failed (exit {done.returncode}):\n{output[-3000:]}")
     return output
+
+
+def deploy_all(settings: Settings, say: Callable[[str], None] = print) -> list[str]:
+    """Work pool, retrain limits and every local deployment (per-model ones expanded
+    from the catalog) on the Prefect API in use; the names deployed."""
+    api = prefect_api_url(settings)
+    if not processes.is_healthy(api.rstrip("/"), 5.0, "/health"):
+        raise StackError(
+            f"no Prefect API answers at {api}: start the local stack with `fleet up`, or "
+            "set PREFECT_API_URL to a running server"
+        )
+    with prefect_client_settings(settings):
+        from flows.retrain import ensure_concurrency_limits
+
+        if ensure_work_pool():
+            say(f"created work pool {WORK_POOL!r} (process)")
+        ensure_concurrency_limits()
+    names = deployments.local_deployments()
+    say(f"deploying {', '.join(names)} ...")
+    deploy(settings, names)
+    return names
 
 
 # --- up / down / status ---
@@ -271,8 +283,9 @@ def champions(settings: Settings) -> tuple[list[str], list[str]]:
     """(models with a @champion, models without one), catalog order."""
     from fleet.registry import champion_info
 
-    have = [name for name in MODELS if champion_info(settings, name) is not None]
-    return have, [name for name in MODELS if name not in have]
+    names = catalog.model_names()
+    have = [name for name in names if champion_info(settings, name) is not None]
+    return have, [name for name in names if name not in have]
 
 
 def _write_state(settings: Settings, state: dict) -> None:
@@ -302,11 +315,11 @@ def up(
     if running_now:
         found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in running_now)
         raise StackError(f"the stack is already running: {found}; run `fleet down` first")
-    problems = check_deployments()
+    problems = deployments.check_deployments()
     if problems:
         raise StackError("prefect.yaml is not valid:\n  " + "\n  ".join(problems))
     prefect_remote, mlflow_remote = remote_prefect(), remote_mlflow(settings)
-    served, unserved = champions(settings) if serve else ([], list(MODELS))
+    served, unserved = champions(settings) if serve else ([], catalog.model_names())
     launches = [worker_launch(settings)]
     if prefect_remote is None:
         launches.insert(0, prefect_launch(settings))
@@ -343,15 +356,8 @@ def up(
         if prefect is not None:
             say(f"starting the Prefect server on {prefect.url} ...")
             processes.wait_healthy(prefect, timeout)
-        with prefect_client_settings(settings):
-            from flows.retrain import ensure_concurrency_limits
-
-            if ensure_work_pool():
-                say(f"created work pool {WORK_POOL!r} (process)")
-            ensure_concurrency_limits()
+        deploy_all(settings, say)
         worker = launch(WORKER)
-        say(f"deploying {', '.join(local_deployments())} ...")
-        deploy(settings)
         for running in (worker, mlflow):
             if running is not None:
                 processes.wait_healthy(running, timeout)
@@ -411,59 +417,3 @@ def servers(settings: Settings, timeout: float = 2.0) -> list[Component]:
             healthy = processes.is_healthy(url.rstrip("/"), timeout, "/health")
             out.append(Component(name, url, None, healthy, "remote"))
     return out
-
-
-# --- prefect.yaml kept valid: entrypoints, parameters, work pools ---
-
-KUBERNETES_POOL = "fleet-kubernetes"
-KUBERNETES_TEMPLATE = REPO_ROOT / "deploy" / "kubernetes-job-template.json"
-
-
-def load_entrypoint(entrypoint: str):  # -> prefect.Flow
-    """The flow object of ``path/to/module.py:name``, imported as a module of this repo."""
-    import importlib
-
-    path, _, attr = entrypoint.partition(":")
-    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-    return getattr(module, attr)
-
-
-def check_deployments(path: Path = PREFECT_FILE) -> list[str]:
-    """Problems of prefect.yaml, one clear line each; empty when every deployment is valid.
-
-    Each entrypoint must import, and its parameters (with each trigger's parameters on
-    top) must validate against the flow's signature; each work pool must be the local
-    `process` pool or the Kubernetes pool whose template declares the job variables used.
-    """
-    from prefect.exceptions import ParameterTypeError, SignatureMismatchError
-
-    k8s_variables = set(json.loads(KUBERNETES_TEMPLATE.read_text())["variables"]["properties"])
-    problems = []
-    for entry in deployments(path):
-        name = entry.get("name", "<unnamed>")
-        try:
-            flow = load_entrypoint(entry["entrypoint"])
-        except (KeyError, ImportError, AttributeError) as exc:
-            problems.append(f"{name}: entrypoint {entry.get('entrypoint')!r} does not load: {exc}")
-            continue
-        params = entry.get("parameters") or {}
-        sets = [{**params, **(t.get("parameters") or {})} for t in entry.get("triggers") or []]
-        for values in sets or [params]:
-            try:
-                flow.validate_parameters(values)
-            except (ParameterTypeError, SignatureMismatchError) as exc:
-                message = " ".join(str(exc).split())
-                problems.append(f"{name}: parameters {values} do not fit {flow.name}: {message}")
-        pool = entry.get("work_pool") or {}
-        if pool.get("name") == KUBERNETES_POOL:
-            unknown = set(pool.get("job_variables") or {}) - k8s_variables
-            if unknown:
-                problems.append(
-                    f"{name}: job variables {sorted(unknown)} are not in {KUBERNETES_TEMPLATE.name}"
-                )
-        elif pool.get("name") != WORK_POOL:
-            problems.append(
-                f"{name}: work pool {pool.get('name')!r} is neither {WORK_POOL!r} "
-                f"nor {KUBERNETES_POOL!r}"
-            )
-    return problems

@@ -1,9 +1,9 @@
 """Great Expectations suites generated from the catalog, one per dataset.
 
-The committed JSON under ``expectations/expectations/`` is exactly what
-:func:`suite_dict` returns (a unit test holds them equal), so a suite can only change
-through the catalog: tune a range, share or category there and run
-``python expectations/generate.py``.
+The validation gate builds each suite from the catalog at run time, so a suite can
+only change through its dataset spec. The JSON under ``expectations/expectations/`` is
+the same suite written out for review in git (``python expectations/generate.py``); a
+unit test holds every committed file equal to what :func:`suite_dict` derives.
 
 What each catalog field becomes:
 
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from fleet.catalog import DATASETS, MODELS, Column, Dataset
+from fleet import catalog
+from fleet.catalog import Column, Dataset
 
 if TYPE_CHECKING:
     from great_expectations import ExpectationSuite
@@ -71,7 +72,7 @@ def mean_parameter_names(column: Column) -> tuple[str, str]:
 def _label_sets(dataset: Dataset) -> dict[str, list[Any]]:
     """Allowed values of each model target in ``dataset``, typed like the column."""
     out: dict[str, list[Any]] = {}
-    for spec in MODELS.values():
+    for spec in catalog.models().values():
         if spec.dataset.name != dataset.name or not spec.labels:
             continue
         col = dataset.column(spec.target)
@@ -178,7 +179,7 @@ def build_suite(dataset: Dataset) -> ExpectationSuite:
         id=str(uuid.uuid5(_ID_NAMESPACE, dataset.name)),
         expectations=expectations,
         meta={
-            "generated_from": f"fleet.catalog.{dataset.name.upper()}",
+            "generated_from": f"catalog/datasets/{dataset.name}.yaml",
             "regenerate": "python expectations/generate.py",
         },
     )
@@ -196,7 +197,7 @@ def render_suite(dataset: Dataset) -> str:
 def write_suites(expectations_dir: Path, datasets: Iterable[Dataset] | None = None) -> list[Path]:
     """(Re)write the committed suite files from the catalog; returns the paths written."""
     paths = []
-    for dataset in datasets if datasets is not None else DATASETS.values():
+    for dataset in datasets if datasets is not None else catalog.datasets().values():
         path = suite_path(expectations_dir, dataset)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_suite(dataset), encoding="utf-8")

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from fleet import processes
-from fleet.catalog import MODELS, get_model, model_port
+from fleet import catalog, processes
+from fleet.catalog import get_model, model_port
 from fleet.processes import Launch, Running
 from fleet.settings import REPO_ROOT, Settings
 
 Topology = Literal["micro", "mono"]
 TOPOLOGIES: tuple[str, ...] = ("micro", "mono")
 GATEWAY = "gateway"
+MODEL_SERVICE = "bentos.model.service:Service"  # one template serves any model
 BACKENDS_FILE_ENV = "FLEET_GATEWAY_BACKENDS_FILE"
 TAGS_FILE_ENV = "FLEET_BENTO_MODEL_TAGS_FILE"
 
@@ -61,6 +62,7 @@ def service_env(settings: Settings) -> dict[str, str]:
     """Environment every service process gets on top of the inherited one."""
     return {
         "FLEET_HOME": str(settings.root),
+        "FLEET_CATALOG": str(catalog.catalog_dir()),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
         # the store bentos.store.import_champion writes to
         "BENTOML_HOME": str(settings.root / "bentoml"),
@@ -73,6 +75,11 @@ def service_env(settings: Settings) -> dict[str, str]:
         "FLEET_MODEL_TIMEOUT_S": str(settings.model_timeout_s),
         "FLEET_MAX_BATCH_RECORDS": str(settings.max_batch_records),
     }
+
+
+def model_env(model: str, tag: str) -> dict[str, str]:
+    """What tells the service template which model and which pinned version to serve."""
+    return {"FLEET_MODEL": model, "FLEET_BENTO_MODEL_TAG": tag}
 
 
 def backends_file(settings: Settings) -> Path:
@@ -96,9 +103,9 @@ def write_json(path: Path, data: dict[str, str]) -> None:
 def resolve_models(names: list[str] | None) -> list[str]:
     """Requested model names in catalog order; all of them when none are named."""
     if not names:
-        return list(MODELS)
+        return catalog.model_names()
     wanted = {get_model(name).name for name in names}  # KeyError names the unknown one
-    return [name for name in MODELS if name in wanted]
+    return [name for name in catalog.model_names() if name in wanted]
 
 
 def serve_command(target: str, host: str, port: int) -> list[str]:
@@ -128,11 +135,11 @@ def plan(
             port = model_port(settings.model_port_base, name)
             launch = Launch(
                 name=name,
-                command=serve_command(f"bentos.{name}.service:Service", host, port),
+                command=serve_command(MODEL_SERVICE, host, port),
                 host=host,
                 port=port,
                 # workers come from the spec, read by the service's own decorator
-                env={**base_env, "FLEET_BENTO_MODEL_TAG": tags[name]},
+                env={**base_env, **model_env(name, tags[name])},
                 meta={"tag": tags[name]},
                 cwd=REPO_ROOT,
                 port_hint="--model-port-base or FLEET_MODEL_PORT_BASE",
@@ -249,7 +256,7 @@ def served_models(settings: Settings) -> list[str]:
     if gateway.topology == "mono":
         names = list(json.loads(gateway.meta.get("tags", "{}")))
     else:
-        names = [r.name for r in running(settings) if r.name in MODELS]
+        names = [r.name for r in running(settings) if r.name in catalog.models()]
     return resolve_models(names) if names else []
 
 
@@ -278,10 +285,10 @@ def update(
         port = processes.free_port(settings.serve_host)
         launch = Launch(
             name=f"{name}.next",
-            command=serve_command(f"bentos.{name}.service:Service", settings.serve_host, port),
+            command=serve_command(MODEL_SERVICE, settings.serve_host, port),
             host=settings.serve_host,
             port=port,
-            env={**service_env(settings), "FLEET_BENTO_MODEL_TAG": new_tag},
+            env={**service_env(settings), **model_env(name, new_tag)},
             cwd=REPO_ROOT,
             meta={"tag": new_tag},
         )

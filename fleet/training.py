@@ -17,13 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fleet import lake
-from fleet.etl import DATA_START
+from fleet import etl, lake
 
 if TYPE_CHECKING:
     from fleet.catalog import ModelSpec
-
-PRIMARY_METRICS = {"roc_auc", "accuracy", "mae"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +67,8 @@ class Window:
 def training_window(spec: ModelSpec, until: date) -> Window:
     """The window ending (exclusive) at ``until``: the last ``holdout_weeks`` are held out.
 
-    The data begin on ``DATA_START``: a window reaching further back is cut there (the
-    replay's bootstrap trains the review model on eight weeks, not its usual 26).
+    A window reaching before the dataset's ``first_day`` is cut there (the replay's
+    bootstrap trains the review model on eight weeks, not its usual 26).
     """
     if spec.holdout_weeks < 1 or spec.train_weeks <= spec.holdout_weeks:
         raise ValueError(
@@ -79,7 +76,7 @@ def training_window(spec: ModelSpec, until: date) -> Window:
             f"({spec.holdout_weeks}) >= 1"
         )
     return Window(
-        start=max(until - timedelta(weeks=spec.train_weeks), DATA_START),
+        start=etl.window_start(spec.dataset, until - timedelta(weeks=spec.train_weeks)),
         split=until - timedelta(weeks=spec.holdout_weeks),
         end=until,
     )
@@ -181,7 +178,7 @@ def fit(spec: ModelSpec, X: pd.DataFrame, y: pd.Series, threads: int = 1) -> Any
         # the booster's binning crashes on an all-null column; the GX gate's null shares
         # keep such a window out of the lake, so this only guards hand-made frames
         raise ValueError(f"{spec.name}: features {empty} have no values in the training rows")
-    model = spec.estimator(spec)
+    model = spec.make_estimator()
     with limit_threads(threads):
         model.fit(X, y)
     return model

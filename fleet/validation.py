@@ -1,11 +1,11 @@
 """The validation gate: a GX checkpoint per batch, quarantine for batches that fail.
 
-The committed GX project (``Settings.expectations_dir``: ``great_expectations.yml`` +
-suites generated from the catalog) is only read. The run-time context is built from
-that file with ``FLEET_GX_DIR`` set to ``Settings.gx_dir``, so validation results and
-Data Docs land under ``$FLEET_HOME/gx`` and a run never writes into the repository:
-suites are loaded into an in-memory store, and the datasource, validation definitions
-and checkpoints are in-memory run-time objects.
+The committed GX project (``Settings.expectations_dir``: ``great_expectations.yml``) is
+only read. The run-time context is built from that file with ``FLEET_GX_DIR`` set to
+``Settings.gx_dir``, so validation results and Data Docs land under ``$FLEET_HOME/gx``
+and a run never writes into the repository. Each dataset's suite is derived from its
+catalog spec (``fleet.suites``) into an in-memory store; the datasource, validation
+definitions and checkpoints are in-memory run-time objects too.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import pandas as pd
 
-from fleet import suites
-from fleet.catalog import DATASETS, Dataset
+from fleet import catalog, suites
+from fleet.catalog import Dataset
 from fleet.settings import TELEMETRY_OFF, Settings
 
 GX_CONFIG = "great_expectations.yml"
@@ -70,18 +70,10 @@ class ValidationFailed(RuntimeError):
             lines.append(f"Quarantined in: {self.quarantine_path}")
         lines.append(
             "Next: fix the source or the transform and re-run ETL for that range; if the "
-            "data is right and the expectation is wrong, tune fleet/catalog.py and run "
-            "`python expectations/generate.py`. Nothing downstream used this batch."
+            f"data is right and the expectation is wrong, tune catalog/datasets/{o.dataset}.yaml "
+            "(the suite is derived from it). Nothing downstream used this batch."
         )
         return "\n".join(lines)
-
-
-def _suite_files(settings: Settings) -> tuple[tuple[str, float], ...]:
-    return tuple(
-        (d.name, p.stat().st_mtime if p.exists() else 0.0)
-        for d in DATASETS.values()
-        for p in [suites.suite_path(settings.expectations_dir, d)]
-    )
 
 
 def _project_config(settings: Settings) -> dict[str, Any]:
@@ -112,10 +104,8 @@ def _build_context(settings: Settings) -> Any:
         runtime_environment={"FLEET_GX_DIR": str(settings.gx_dir)},
     )
     source = context.data_sources.add_pandas(DATASOURCE)
-    for dataset in DATASETS.values():
-        suite = context.suites.add(
-            gx.ExpectationSuite(**suites.load_suite_dict(settings.expectations_dir, dataset))
-        )
+    for dataset in catalog.datasets().values():
+        suite = context.suites.add(suites.build_suite(dataset))
         batch_def = source.add_dataframe_asset(dataset.name).add_batch_definition_whole_dataframe(
             "batch"
         )
@@ -138,7 +128,7 @@ def _context(settings: Settings) -> Any:
     key = (
         settings.expectations_dir.resolve(),
         settings.gx_dir.resolve(),
-        _suite_files(settings),  # a regenerated suite means a new context
+        id(catalog.current()),  # another (or reloaded) catalog means other suites
     )
     context = _CONTEXTS.get(key)
     if context is None:
@@ -354,8 +344,8 @@ def quarantine_batch(
         "## Next",
         "Fix the source or the transform and re-run the ETL for this range (the moved",
         "partitions are missing from the lake, so an incremental run rebuilds them). If the",
-        "data is right and an expectation is wrong, tune `fleet/catalog.py` and run",
-        "`python expectations/generate.py`.",
+        "data is right and an expectation is wrong, tune",
+        f"`catalog/datasets/{outcome.dataset}.yaml` (the suite is derived from it).",
         "",
     ]
     (target / "README.md").write_text("\n".join(lines), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""ETL flow: extract -> transform -> GX gate -> load daily partitions. Thin shell over fleet.etl.
+"""ETL flow: read -> GX gate -> load daily partitions. Thin shell over fleet.etl.
 
 Idempotent and incremental: only days without a partition are built (all with
 ``force``); a run's new partitions form one validation batch per dataset, and a batch
@@ -14,7 +14,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fleet import etl, lake, sources
+from fleet import etl, lake
 from fleet.catalog import get_dataset
 from fleet.settings import Settings, get_settings, prepare_environment
 
@@ -22,29 +22,17 @@ from fleet.settings import Settings, get_settings, prepare_environment
 # than the work itself, and an ETL step must re-run anyway.
 
 
-@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="extract-{name}")
-def extract(name: str) -> dict[str, pd.DataFrame]:
-    raw = sources.extract(name)
-    get_run_logger().info(
-        "extracted %s: %s", name, ", ".join(f"{t} {len(f):,} rows" for t, f in raw.items())
-    )
-    return raw
-
-
-@task(cache_policy=NO_CACHE, task_run_name="transform-{name}")
-def transform(
-    name: str, raw: dict[str, pd.DataFrame], days: list[date]
-) -> dict[date, pd.DataFrame]:
-    partitions = etl.transform_days(get_dataset(name), raw, days)
+@task(retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, task_run_name="read-{name}")
+def read(name: str, days: list[date]) -> dict[date, pd.DataFrame]:
+    """The dataset's reader (its spec's ``reader``), cut into daily partitions."""
+    dataset = get_dataset(name)
+    partitions = etl.read_days(dataset, days)
     rows = sum(len(f) for f in partitions.values())
     empty = sum(1 for f in partitions.values() if f.empty)
     get_run_logger().info(
-        "transformed %s: %d day(s), %s rows, %d day(s) without rows",
-        name,
-        len(partitions),
-        f"{rows:,}",
-        empty,
-    )
+        "read %s with %s: %d day(s), %s rows, %d day(s) without rows",
+        name, dataset.reader.name, len(partitions), f"{rows:,}", empty,
+    )  # fmt: skip
     return partitions
 
 
@@ -81,19 +69,20 @@ def etl_flow(
     datasets: list[str] | None = None,
     force: bool = False,
 ) -> etl.EtlReport:
-    """Build the daily partitions of [start, end] (default: all of 2013) for the datasets."""
+    """Build the daily partitions of [start, end] for the datasets (default: every day
+    each dataset's spec covers, first_day..last_day)."""
     settings = get_settings()
     prepare_environment(settings)
     logger = get_run_logger()
-    start = start or etl.DATA_START
-    end = end or etl.DATA_END
-    etl.check_range(start, end)
     specs = etl.resolve_datasets(datasets)
+    for spec in specs:
+        etl.check_range(spec, *etl.coverage(spec, start, end))
     report = etl.EtlReport(start=start, end=end)
 
     failures: list[Exception] = []
     for spec in specs:
-        todo, present = etl.plan_days(settings.lake_dir, spec.name, start, end, force)
+        first, last = etl.coverage(spec, start, end)
+        todo, present = etl.plan_days(settings.lake_dir, spec.name, first, last, force)
         done = etl.DatasetLoad(dataset=spec.name, skipped=present)
         report.loads[spec.name] = done
         if not todo:
@@ -110,8 +99,7 @@ def etl_flow(
         )
         # datasets are independent: a failing one must not block the others' partitions
         try:
-            raw = extract(spec.name)
-            partitions = transform(spec.name, raw, todo)
+            partitions = read(spec.name, todo)
             batch = etl.batch_name(spec.name, todo)
             validate(settings, spec.name, etl.concat_partitions(spec, partitions), batch)
             done.paths = load(settings.lake_dir, spec.name, partitions)

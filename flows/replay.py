@@ -41,11 +41,12 @@ def replay_flow(
     step: str = "week",
     quick: bool = False,
     topology_name: str | None = None,
-    flights_per_week: int | None = None,
+    per_week: int | None = None,
 ) -> dict[str, Any]:
     """Bootstrap before ``start``, then one step at a time up to ``end`` (ISO dates).
 
-    ``quick``: March to May, 300 flights a week, served mono (about ten minutes).
+    ``quick``: March to May, at most 300 rows a week per dataset, served mono.
+    ``per_week``: rows sent per step and dataset (default: all; quick: 300).
     ``topology_name``: micro or mono (default: micro, mono with ``quick``).
     """
     from fleet.replay_report import write_reports
@@ -60,8 +61,8 @@ def replay_flow(
         overrides["start"] = date.fromisoformat(start)
     if end:
         overrides["end"] = date.fromisoformat(end)
-    if flights_per_week is not None:
-        overrides["sample"] = {"flights": flights_per_week}
+    if per_week is not None:
+        overrides["sample"] = per_week
     config = ReplayConfig.quick(**overrides) if quick else ReplayConfig(**overrides)
 
     def train_all(until: date) -> list[Any]:

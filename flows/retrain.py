@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 
 from fleet import pipeline
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, model_names
 from fleet.pipeline import ModelOutcome
 from fleet.settings import Settings, get_settings, prepare_environment
 from flows.train import train_model
@@ -36,7 +36,7 @@ def ensure_concurrency_limits(models: list[str] | None = None) -> list[str]:
     """Create (or reset to 1) the per-model retraining limits on the Prefect API."""
     from prefect.client.orchestration import get_client
 
-    names = [limit_name(get_model(m).name) for m in (models or list(MODELS))]
+    names = [limit_name(get_model(m).name) for m in (models or model_names())]
     with get_client(sync_client=True) as client:
         for name in names:
             client.upsert_global_concurrency_limit_by_name(name, limit=1)

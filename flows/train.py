@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fleet import pipeline, training
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, model_names
 from fleet.pipeline import ModelOutcome
 from fleet.settings import Settings, get_settings, prepare_environment
 from flows.etl import etl_flow
@@ -55,7 +55,7 @@ def train_fleet_flow(
     """
     settings = get_settings()
     prepare_environment(settings)
-    specs = [get_model(name) for name in (models or list(MODELS))]
+    specs = [get_model(name) for name in (models or model_names())]
 
     # one incremental ETL run per dataset covering every window that needs it
     ends = {s.name: until or pipeline.default_until(settings, s) for s in specs}

@@ -127,30 +127,24 @@ def label_strings(spec: ModelSpec, values: pd.Series) -> pd.Series:
 def quality(spec: ModelSpec, labelled: pd.DataFrame) -> float:
     """``spec.promotion.metric`` of the logged predictions against the joined labels.
 
-    The same definitions as ``fleet.training.score`` (positive class ``labels[-1]``;
-    ROC AUC is NaN when the rows hold one class only), so the value compares with the
-    champion's recorded holdout score.
+    Computed by ``fleet.training.prediction_scores``, the function that scores a
+    holdout, so the value compares with the champion's recorded score.
     """
-    from sklearn import metrics
-
-    metric = spec.promotion.metric
     if len(labelled) == 0:
         raise ValueError(f"{spec.name}: no labelled rows to score")
     truth = labelled[spec.target]
     if spec.task == "regression":
-        pred = labelled[VALUE].astype(float)
-        if metric != "mae":
-            raise KeyError(f"{spec.name}: monitoring knows no regression metric {metric!r}")
-        return float(metrics.mean_absolute_error(truth.astype(float), pred))
-    labels = label_strings(spec, truth)
-    if metric == "accuracy":
-        return float((labelled[LABEL].astype(str) == labels).mean())
-    if metric == "roc_auc":
-        positive = labels == (spec.labels[-1] if spec.labels else labels.max())
-        if positive.all() or not positive.any():
-            return float("nan")
-        return float(metrics.roc_auc_score(positive, labelled[PROBABILITY].astype(float)))
-    raise KeyError(f"{spec.name}: monitoring knows no classification metric {metric!r}")
+        scores = training.prediction_scores(
+            spec, truth.astype(float), value=labelled[VALUE].astype(float).to_numpy()
+        )
+    else:
+        scores = training.prediction_scores(
+            spec,
+            label_strings(spec, truth),
+            probability=labelled[PROBABILITY].astype(float).to_numpy(),
+            label=labelled[LABEL].astype(str).to_numpy(),
+        )
+    return scores[spec.promotion.metric]
 
 
 def _definition(spec: ModelSpec, with_quality: bool) -> Any:

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fleet.predictions import as_utc, utcnow
-from fleet.results import JSONType, make_engine
+from fleet.results import JSONType, insert_missing, make_engine
 from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
 
@@ -131,21 +131,7 @@ class MonitorHistory:
             return conn.execute(query).rowcount == 1
 
     def _ensure_row(self, model: str) -> None:
-        dialect = self.engine.dialect.name
-        if dialect in ("sqlite", "postgresql"):
-            if dialect == "sqlite":
-                from sqlalchemy.dialects.sqlite import insert
-            else:
-                from sqlalchemy.dialects.postgresql import insert
-            stmt = insert(TriggerRow).values(model=model, last_fired_at=None)
-            with self.engine.begin() as conn:
-                conn.execute(stmt.on_conflict_do_nothing(index_elements=["model"]))
-            return
-        try:  # other databases: the primary key refuses the second insert
-            with self.engine.begin() as conn:
-                conn.execute(sa.insert(TriggerRow).values(model=model, last_fired_at=None))
-        except sa.exc.IntegrityError:
-            pass
+        insert_missing(self.engine, TriggerRow, {"model": model, "last_fired_at": None}, "model")
 
     def record(self, summary: DriftSummary, decision: TriggerDecision, decided_at: datetime) -> int:
         """Store one run; returns its id."""

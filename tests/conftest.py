@@ -39,18 +39,37 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def flights_q1() -> pd.DataFrame:
     """Real flights of January to March 2013, transformed by the ETL (shared, read-only)."""
-    from fleet import etl, sources
+    from fleet import sources
 
     raw = sources.load_flights()
-    return etl.transform_flights(raw[raw["month"] <= 3], sources.load_weather())
+    return sources.transform_flights(raw[raw["month"] <= 3], sources.load_weather())
 
 
 @pytest.fixture(scope="session")
 def reviews_table() -> pd.DataFrame:
     """All real reviews, transformed by the ETL (shared, read-only)."""
-    from fleet import etl, sources
+    from fleet import sources
 
-    return etl.transform_reviews(sources.load_reviews())
+    return sources.transform_reviews(sources.load_reviews())
+
+
+@pytest.fixture(scope="session")
+def weather_table() -> pd.DataFrame:
+    """All real weather observations of 2013, read by the dataset's own reader (read-only)."""
+    from datetime import date
+
+    from fleet import etl
+    from fleet.catalog import get_dataset
+
+    return etl.read_rows(get_dataset("weather"), date(2013, 1, 1), date(2013, 12, 31))
+
+
+@pytest.fixture(scope="session")
+def dataset_tables(
+    flights_q1: pd.DataFrame, reviews_table: pd.DataFrame, weather_table: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """Real rows of every catalog dataset, by name (flights: January to March only)."""
+    return {"flights": flights_q1, "reviews": reviews_table, "weather": weather_table}
 
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -92,9 +111,7 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def serving_state(
-    tmp_path_factory: pytest.TempPathFactory,
-    flights_q1: pd.DataFrame,
-    reviews_table: pd.DataFrame,
+    tmp_path_factory: pytest.TempPathFactory, dataset_tables: dict[str, pd.DataFrame]
 ) -> Iterator[object]:
     """A state root with one champion per catalog model imported into its Bento store.
 
@@ -107,5 +124,5 @@ def serving_state(
         mp.setenv("FLEET_HOME", str(root))
         mp.setenv("BENTOML_HOME", str(root / "bentoml"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        state = build_serving_state(root, flights_q1, reviews_table)
+        state = build_serving_state(root, dataset_tables)
     yield state

@@ -8,7 +8,6 @@ seconds each), promotes the champions and imports them into the Bento store.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import socket
@@ -24,25 +23,36 @@ import pandas as pd
 
 from bentos import store
 from fleet import etl, lake, registry, serving
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import ModelSpec, get_model, models
 from fleet.settings import REPO_ROOT, Settings
 
-# flights: 3 weeks (2 train + 1 holdout) before FLIGHTS_UNTIL; reviews spread ~100/week
-FLIGHTS_UNTIL = date(2013, 1, 29)
-REVIEWS_UNTIL = date(2013, 4, 1)
-SMALL = {
-    "flight_delay": {"train_weeks": 3},
-    "arrival_delay": {"train_weeks": 3},
-    "review_sentiment": {"train_weeks": 12, "holdout_weeks": 3},
-}
+MODELS = models()
+
+# flights and weather: 3 weeks (2 train + 1 holdout) before UNTIL; reviews spread ~100/week
+UNTIL = {"flights": date(2013, 1, 29), "weather": date(2013, 1, 29), "reviews": date(2013, 4, 1)}
+SMALL_TEXT = {"train_weeks": 12, "holdout_weeks": 3}
+SMALL_TABULAR = {"train_weeks": 3}
+
+
+def small(spec: ModelSpec) -> ModelSpec:
+    """The spec on a short window: the text model needs more weeks of its ~100 a week."""
+    text = any(c.kind == "text" for c in spec.feature_columns)
+    return spec.model_copy(update=SMALL_TEXT if text else SMALL_TABULAR)
 
 
 @dataclass(frozen=True)
 class ServingState:
     settings: Settings
     tags: dict[str, str]  # model -> pinned Bento model tag
-    flights: pd.DataFrame  # real ETL rows of the flights window
-    reviews: pd.DataFrame  # real ETL rows of the reviews window
+    tables: dict[str, pd.DataFrame]  # real ETL rows of each dataset's window
+
+    @property
+    def flights(self) -> pd.DataFrame:
+        return self.tables["flights"]
+
+    @property
+    def reviews(self) -> pd.DataFrame:
+        return self.tables["reviews"]
 
 
 def state_settings(root: Path) -> Settings:
@@ -50,18 +60,14 @@ def state_settings(root: Path) -> Settings:
     return Settings(home=root, MLFLOW_TRACKING_URI=None)
 
 
-def build_serving_state(
-    root: Path, flights_q1: pd.DataFrame, reviews_table: pd.DataFrame
-) -> ServingState:
+def build_serving_state(root: Path, tables: dict[str, pd.DataFrame]) -> ServingState:
     """Lake partitions + one champion per catalog model + their Bento model tags."""
     settings = state_settings(root)
-    tables = {"flights": flights_q1, "reviews": reviews_table}
-    untils = {"flights": FLIGHTS_UNTIL, "reviews": REVIEWS_UNTIL}
     frames = {}
-    for name, spec in MODELS.items():
-        small = dataclasses.replace(spec, **SMALL[name])
-        until = untils[spec.dataset.name]
-        first = until - pd.Timedelta(weeks=small.train_weeks).to_pytimedelta()
+    for spec in MODELS.values():
+        short = small(spec)
+        until = UNTIL[spec.dataset.name]
+        first = until - pd.Timedelta(weeks=short.train_weeks).to_pytimedelta()
         last = until - pd.Timedelta(days=1).to_pytimedelta()
         parts = etl.build_partitions(
             spec.dataset, tables[spec.dataset.name], lake.days(first, last)
@@ -69,17 +75,17 @@ def build_serving_state(
         for day, frame in parts.items():
             lake.write_partition(settings.lake_dir, spec.dataset.name, day, frame)
         frames[spec.dataset.name] = pd.concat(parts.values(), ignore_index=True)
-        result = registry.train_and_promote(settings, small, until)
+        result = registry.train_and_promote(settings, short, until)
         assert result.decision.promoted, result.decision.reason
     tags = store.champion_tags(settings)
     assert set(tags) == set(MODELS), tags
-    return ServingState(settings, tags, frames["flights"], frames["reviews"])
+    return ServingState(settings, tags, frames)
 
 
 def records(state: ServingState, model: str, n: int) -> list[dict]:
     """``n`` real request records for ``model`` from the state's window (JSON-ready)."""
     spec = get_model(model)
-    table = state.flights if spec.dataset.name == "flights" else state.reviews
+    table = state.tables[spec.dataset.name]
     return serving.json_records(spec, table.sample(n=n, random_state=7))
 
 
@@ -138,7 +144,7 @@ class ServiceProcess(BentoProcess):
 
     def __init__(self, state: ServingState, model: str, tag: str | None = None) -> None:
         env = store.service_env(state.settings, tag or state.tags[model])
-        target = f"bentos.{model}.service:Service"
+        target = "bentos.model.service:Service"
         super().__init__(model, target, env, state.settings.root / "serving")
 
 

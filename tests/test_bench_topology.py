@@ -11,6 +11,7 @@ import pytest
 from bench import topology as bt
 from fleet import routing
 from fleet import simulation as sim
+from fleet.catalog import model_names
 from tests.serving_fixtures import ServingState
 
 FLIGHT = {"month": 1}  # content does not matter for the shape checks below
@@ -52,7 +53,8 @@ def test_mixed_bodies_follow_the_mix_and_name_their_models() -> None:
 
 def test_fit_recovers_the_costs_that_produced_the_observations() -> None:
     truth = sim.Calibration(
-        predict_s={"flight_delay": 0.004, "arrival_delay": 0.003, "review_sentiment": 0.001},
+        # one cost per catalog model, all different
+        predict_s={m: 0.001 * (i + 1) for i, m in enumerate(model_names())},
         server_s=0.002,
         call_s=0.0007,
         gateway_s={"micro": 0.0025, "mono": 0.0015},
@@ -143,7 +145,7 @@ def test_topology_bench_smoke(serving_state: ServingState, tmp_path: Path) -> No
     assert cal["client_s"] > 0
     assert {r["machines"] for r in data["simulation"]["scaling"]} == {1, 2}
     ranked = data["simulation"]["advice"]["uniform"]["1"]
-    assert len(ranked) == 8
+    assert len(ranked) == 2 ** len(model_names())  # every subset of models in the gateway
     text = (docs / "topology.md").read_text()
     assert bt.BEGIN in text and "Validation error" in text
     assert (docs / "topology" / "measured.png").stat().st_size > 1000

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math
@@ -36,7 +35,7 @@ def test_live_weeks_keep_whole_weeks_only() -> None:
 
 
 def test_frozen_is_the_bootstrap_model_scored_on_each_week(bench: window.WindowBench) -> None:
-    spec = dataclasses.replace(get_model("arrival_delay"), train_weeks=3)
+    spec = get_model("arrival_delay").model_copy(update=dict(train_weeks=3))
     frame = window.load_rows(spec, date(2013, 1, 1), END)
     frozen, _ = window.train_until(spec, frame, START)
     arm = next(a for a in bench.arms if a.train_weeks == 3)

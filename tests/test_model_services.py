@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
 from bentos import store
 from fleet import registry, serving
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, models
 from fleet.predictions import PredictionLog
 from tests.serving_fixtures import ServiceProcess, ServingState, records
+
+MODELS = models()
 
 pytestmark = pytest.mark.integration
 
@@ -253,29 +253,6 @@ def test_a_prediction_that_cannot_be_logged_is_a_5xx(
         assert "after-1" in set(log.read("review_sentiment")["request_id"])
     finally:
         log.dispose()
-
-
-def test_each_model_builds_into_its_own_bento(serving_state: ServingState) -> None:
-    settings = serving_state.settings
-    with ThreadPoolExecutor(max_workers=len(MODELS)) as pool:
-        built = dict(
-            zip(MODELS, pool.map(lambda m: store.build_bento(settings, m), MODELS), strict=True)
-        )
-    for name, bento_tag in built.items():
-        bento_name, version = bento_tag.split(":")
-        assert bento_name == name
-        bento_dir = store.bentoml_home(settings) / "bentos" / name / version
-        info = yaml.safe_load((bento_dir / "bento.yaml").read_text())
-        # exactly its own pinned model, and only its own service's source
-        assert store.bento_model_tags(info) == [serving_state.tags[name]]
-        src = {
-            p.relative_to(bento_dir / "src").as_posix() for p in (bento_dir / "src").rglob("*.py")
-        }
-        assert f"bentos/{name}/service.py" in src and "fleet/serving.py" in src
-        assert not any(p.startswith(f"bentos/{other}/") for other in MODELS if other != name
-                       for p in src)  # fmt: skip
-        requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text().split()
-        assert "scikit-learn==1.9.1" in requirements and "bentoml==1.4.40" in requirements
 
 
 def test_service_refuses_to_start_without_a_pinned_tag(monkeypatch: pytest.MonkeyPatch) -> None:

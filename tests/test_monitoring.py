@@ -15,13 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 from fleet import etl, lake, registry, serving, training
-from fleet.catalog import FLIGHTS, DriftPolicy, PromotionRule, get_model
+from fleet.catalog import DriftPolicy, PromotionRule, get_dataset, get_model
 from fleet.predictions import LoggedPrediction, PredictionLog
 from fleet.settings import Settings
 from monitoring import drift, index, policy
 from monitoring.history import MonitorHistory
 from monitoring.job import run_monitor
 from tests.serving_fixtures import state_settings
+
+FLIGHTS = get_dataset("flights")
 
 FLIGHT_DELAY = get_model("flight_delay")
 T0 = datetime(2013, 7, 1, tzinfo=UTC)
@@ -33,7 +35,7 @@ def flights_jan_jul() -> pd.DataFrame:
     from fleet import sources
 
     raw = sources.load_flights()
-    return etl.transform_flights(raw[raw["month"].isin([1, 7])], sources.load_weather())
+    return sources.transform_flights(raw[raw["month"].isin([1, 7])], sources.load_weather())
 
 
 def _days(frame: pd.DataFrame, first: date, last: date) -> pd.DataFrame:
@@ -98,7 +100,11 @@ def test_quality_matches_the_training_metric(flights_jan_jul) -> None:
     assert drift.quality(FLIGHT_DELAY, logged) == pytest.approx(expected["roc_auc"])
     reviews = get_model("review_sentiment")
     logged = pd.DataFrame(
-        {"sentiment": ["great", "other", "great"], "prediction_label": ["great", "great", "great"]}
+        {
+            "sentiment": ["great", "other", "great"],
+            "prediction_label": ["great", "great", "great"],
+            "prediction_probability": [0.9, 0.6, 0.8],
+        }
     )
     assert drift.quality(reviews, logged) == pytest.approx(2 / 3)
 
@@ -144,8 +150,8 @@ def test_parse_drift_reads_results_by_name() -> None:
 # --- the trigger policy ------------------------------------------------------------------
 
 POLICY = DriftPolicy(share_threshold=0.5, quality_drop=0.05, min_rows=500, cooldown_days=14)
-AUC = PromotionRule(metric="roc_auc", greater_is_better=True, margin=0.005)
-MAE = PromotionRule(metric="mae", greater_is_better=False, margin=0.1)
+AUC = PromotionRule(metric="roc_auc", margin=0.005)
+MAE = PromotionRule(metric="mae", margin=0.1)
 
 
 def _decide(now: datetime, last: datetime | None, **changes) -> policy.TriggerDecision:
@@ -225,7 +231,7 @@ def test_concurrent_claims_fire_once_on_postgresql(postgres_url: str) -> None:
 
 # --- a trained state: reports, history, index, the flow and the CLI ----------------------
 
-SMALL = dataclasses.replace(FLIGHT_DELAY, train_weeks=3)
+SMALL = FLIGHT_DELAY.model_copy(update=dict(train_weeks=3))
 UNTIL = date(2013, 1, 29)  # trains on Jan 8..21, holdout Jan 22..28
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import date
 
 import pandas as pd
@@ -22,7 +21,7 @@ def test_registry_on_postgresql(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres_url)
     pg = Settings()
     assert pg.tracking_uri == postgres_url
-    spec = dataclasses.replace(get_model("flight_delay"), train_weeks=3)
+    spec = get_model("flight_delay").model_copy(update=dict(train_weeks=3))
     parts = etl.build_partitions(
         spec.dataset, flights_q1, lake.days(date(2013, 1, 1), date(2013, 2, 28))
     )

@@ -8,12 +8,14 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from fleet import etl, lake, processes, serving
-from fleet.catalog import MODELS, get_model
+from fleet import etl, lake, processes, routing, serving
+from fleet.catalog import get_dataset, get_model, models
 from fleet.predictions import PredictionLog
-from fleet.replay import ReplayConfig, ReplayError, gateway_bodies, record_specs
+from fleet.replay import ReplayConfig, ReplayError, gateway_bodies
 from fleet.settings import Settings
 from flows.replay import step_days
+
+MODELS = models()
 
 
 def test_weeks_cover_the_range_once_and_end_short() -> None:
@@ -25,7 +27,7 @@ def test_weeks_cover_the_range_once_and_end_short() -> None:
         (date(2013, 3, 19), date(2013, 3, 21)),
     ]
     quick = ReplayConfig.quick()
-    assert quick.end == date(2013, 6, 3) and quick.sample == {"flights": 300}
+    assert quick.end == date(2013, 6, 3) and quick.sample == 300
     assert len(quick.weeks()) == 14
     assert quick.topology == "mono" and ReplayConfig().topology == "micro"
 
@@ -41,16 +43,16 @@ def test_bad_configs_and_steps_are_refused() -> None:
 
 
 def test_gateway_bodies_carry_key_event_time_and_valid_records(flights_q1) -> None:
-    specs = record_specs(tuple(MODELS))
-    spec = specs["flights"]
+    flights = get_dataset("flights")
     days = lake.days(date(2013, 3, 4), date(2013, 3, 4))
-    rows = etl.concat_partitions(spec.dataset, etl.build_partitions(spec.dataset, flights_q1, days))
-    bodies = gateway_bodies(spec, rows.head(50), tuple(MODELS))
+    rows = etl.concat_partitions(flights, etl.build_partitions(flights, flights_q1, days))
+    bodies = gateway_bodies(flights, rows.head(50), tuple(MODELS))
     assert len(bodies) == 50
-    record_type = serving.request_model(spec)
+    # the gateway's flight record: every feature of every flight model
+    record_type = serving.input_model(*routing.input_features("flight"))
     for body, (_, row) in zip(bodies, rows.head(50).iterrows(), strict=True):
         assert body["request_id"] == str(row["flight_id"])
-        assert body["models"] == ["flight_delay", "arrival_delay"]
+        assert body["models"] == ["arrival_delay", "flight_delay"]  # catalog order
         stamp = datetime.fromisoformat(body["event_time"])
         assert stamp.tzinfo is not None and stamp.date() == date(2013, 3, 4)
         record_type.model_validate(body["flight"])  # JSON types the service accepts
@@ -66,7 +68,7 @@ def test_short_replay_end_to_end(
     monkeypatch.setenv("FLEET_GATEWAY_PORT", str(processes.free_port()))
     summary = replay_flow(
         start="2013-02-26", end="2013-03-04", quick=True, topology_name="mono",
-        flights_per_week=500,
+        per_week=500,
     )  # fmt: skip
     [week] = summary["weeks"]
     assert week["errors"] == 0
@@ -89,7 +91,8 @@ def test_short_replay_end_to_end(
     log.dispose()
 
     data = json.loads((settings.reports_dir / "replay.json").read_text())
-    assert data["closed_loop"]["mean_metric"] == week["models"]["flight_delay"]["closed_loop"]
+    headline = data["headline_model"]
+    assert data["closed_loop"]["mean_metric"] == week["models"][headline]["closed_loop"]
     assert set(data) >= {"closed_loop", "frozen", "promotions", "weeks"}
     page = (settings.reports_dir / "replay.html").read_text()
     assert "data:image/png;base64," in page and "2013-02-26" in page

@@ -18,9 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from fleet import processes, topology
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, models
 from fleet.cli import app
 from fleet.settings import REPO_ROOT, Settings
+
+MODELS = models()
 
 runner = CliRunner()
 HOST = "127.0.0.1"
@@ -45,10 +47,11 @@ def test_micro_plan_one_process_per_model_then_the_gateway(monkeypatch, settings
     for i, (launch, name) in enumerate(zip(plan.launches, MODELS, strict=False)):
         assert launch.port == 4200 + i and launch.host == HOST
         assert launch.command[1:] == [
-            "serve", f"bentos.{name}.service:Service", "--host", HOST, "--port", str(4200 + i)
+            "serve", "bentos.model.service:Service", "--host", HOST, "--port", str(4200 + i)
         ]  # fmt: skip
         assert Path(launch.command[0]).name == "bentoml" and Path(launch.command[0]).exists()
         assert launch.env["FLEET_BENTO_MODEL_TAG"] == f"{name}:v7"
+        assert launch.env["FLEET_MODEL"] == name
         assert launch.env["OMP_NUM_THREADS"] == "1"
         assert launch.env["BENTOML_DO_NOT_TRACK"] == "true"
         assert launch.env["FLEET_HOME"] == str(settings.root)
@@ -178,8 +181,7 @@ def _fill_lake(settings: Settings, spec, table: pd.DataFrame, first: date, last:
 @pytest.fixture(scope="module")
 def trained(
     tmp_path_factory: pytest.TempPathFactory,
-    flights_q1: pd.DataFrame,
-    reviews_table: pd.DataFrame,
+    dataset_tables: dict[str, pd.DataFrame],
 ) -> Iterator[Settings]:
     """A state root whose registry holds a champion for every catalog model."""
     from fleet import registry, training
@@ -195,17 +197,18 @@ def trained(
         settings = Settings()
         for name in MODELS:
             spec = get_model(name)
-            if spec.dataset.name == "flights":  # three weeks keep it fast
-                spec = dataclasses.replace(spec, train_weeks=3)
-                until, table = date(2013, 2, 1), flights_q1
-            else:
-                until, table = date(2013, 7, 1), reviews_table
+            table = dataset_tables[spec.dataset.name]
+            if spec.dataset.name == "reviews":
+                until = date(2013, 7, 1)
+            else:  # three weeks keep it fast
+                spec = spec.model_copy(update=dict(train_weeks=3))
+                until = date(2013, 2, 1)
             _fill_lake(settings, spec, table, *training.training_window(spec, until).days)
             result = registry.train_and_promote(settings, spec, until)
             assert result.decision.promoted, result.decision.reason
         # a second flight_delay version, kept out of @champion until a test moves it there
-        spec = dataclasses.replace(get_model("flight_delay"), train_weeks=3)
-        _fill_lake(settings, spec, flights_q1, date(2013, 2, 1), date(2013, 2, 8))
+        spec = get_model("flight_delay").model_copy(update=dict(train_weeks=3))
+        _fill_lake(settings, spec, dataset_tables["flights"], date(2013, 2, 1), date(2013, 2, 8))
         second = registry.train_and_promote(settings, spec, date(2013, 2, 8))
         first = second.candidate.version - 1
         registry.client(settings).set_registered_model_alias("flight_delay", "champion", first)
@@ -227,12 +230,15 @@ def _free_run(count: int) -> int:
 
 
 def _request() -> dict:
-    from fleet.serving import example_record
+    """One input of every kind the gateway takes: every model of the catalog answers."""
+    from fleet import routing
+    from fleet.serving import example_of
 
-    return {
-        "flight": example_record(get_model("flight_delay")),
-        "review": example_record(get_model("review_sentiment")),
-    }
+    request = {}
+    for kind in routing.record_kinds():
+        dataset, features = routing.input_features(kind)
+        request[kind] = example_of([dataset.column(f) for f in features])
+    return request
 
 
 def _serve_check_stop(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -12,7 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from fleet import serving, training
-from fleet.catalog import MODELS, get_model
+from fleet.catalog import get_model, models
+
+MODELS = models()
 
 
 def _error_fields(exc: ValidationError) -> set[str]:
@@ -118,7 +119,7 @@ def _small_fit(spec, table: pd.DataFrame):
 
 def test_predict_classification_and_regression(flights_q1: pd.DataFrame) -> None:
     table = flights_q1[flights_q1["month"] == 1].head(3000)
-    clf_spec = dataclasses.replace(get_model("flight_delay"))
+    clf_spec = get_model("flight_delay")
     clf, X = _small_fit(clf_spec, table)
     answers = serving.predict(clf_spec, clf, X.head(40))
     proba = clf.predict_proba(X.head(40))[:, training.positive_index(clf_spec, clf)]

@@ -23,6 +23,7 @@ import yaml
 
 from fleet import processes, registry, stack
 from fleet.catalog import get_model
+from fleet.deployments import PREFECT_FILE, check_deployments, deployments
 from fleet.settings import REPO_ROOT, Settings
 from tests.serving_fixtures import fill_lake
 
@@ -90,7 +91,7 @@ def local_stack(
     settings = Settings(home=root, MLFLOW_TRACKING_URI=None, **ports)
     # a champion for one model (small window), so `fleet up` serves it and the gateway
     fill_lake(settings, "reviews", reviews_table, date(2013, 1, 1), UNTIL - pd.Timedelta("1D"))
-    small = dataclasses.replace(get_model(MODEL), train_weeks=12, holdout_weeks=3)
+    small = get_model(MODEL).model_copy(update=dict(train_weeks=12, holdout_weeks=3))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
         assert registry.train_and_promote(settings, small, UNTIL).decision.promoted
@@ -148,7 +149,7 @@ def _client(local_stack: Stack):
 
 
 def test_deployments_carry_their_schedules(local_stack: Stack) -> None:
-    expected = {d["name"]: d for d in stack.deployments() if d["work_pool"]["name"] == "fleet"}
+    expected = {d["name"]: d for d in deployments() if d["work_pool"]["name"] == "fleet"}
     with stack.prefect_client_settings(local_stack.settings), _client(local_stack) as client:
         found = {d.name: d for d in client.read_deployments()}
         limit = client.read_global_concurrency_limit_by_name(f"retrain-{MODEL}")
@@ -162,14 +163,18 @@ def test_deployments_carry_their_schedules(local_stack: Stack) -> None:
 
 
 def test_a_broken_parameter_is_refused_by_the_server(local_stack: Stack, tmp_path: Path) -> None:
-    config = yaml.safe_load(stack.PREFECT_FILE.read_text())
-    for entry in config["deployments"]:
-        if entry["name"] == "train-flight_delay":
-            entry["name"] = "train-broken"
-            entry["parameters"] = {"models": "flight_delay", "until": "next tuesday"}
+    config = yaml.safe_load(PREFECT_FILE.read_text())
+    config["deployments"].append(
+        {
+            **config["deployments"][0],
+            "name": "train-broken",
+            "entrypoint": "flows/train.py:train_fleet_flow",
+            "parameters": {"models": "x", "until": "next tuesday"},
+        }
+    )
     path = tmp_path / "prefect.yaml"
     path.write_text(yaml.safe_dump(config))
-    assert any("train-broken" in p and "until" in p for p in stack.check_deployments(path))
+    assert any("train-broken" in p and "until" in p for p in check_deployments(path))
     with pytest.raises(stack.StackError) as failed:
         stack.deploy(local_stack.settings, ["train-broken"], path=path)
     assert "until" in str(failed.value), failed.value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,7 +21,7 @@ FLIGHT_UNTIL = date(2013, 3, 1)
 
 def small(name: str, weeks: int = 3):
     """The catalog spec with a shorter window: same features, estimator and metric."""
-    return dataclasses.replace(get_model(name), train_weeks=weeks, holdout_weeks=1)
+    return get_model(name).model_copy(update=dict(train_weeks=weeks, holdout_weeks=1))
 
 
 def window_data(spec, table: pd.DataFrame, until: date):
@@ -54,7 +53,7 @@ def test_training_window_is_half_open_and_ends_at_until() -> None:
 
 
 def test_training_window_rejects_a_holdout_as_long_as_the_window() -> None:
-    spec = dataclasses.replace(get_model("flight_delay"), train_weeks=1, holdout_weeks=1)
+    spec = get_model("flight_delay").model_copy(update=dict(train_weeks=1, holdout_weeks=1))
     with pytest.raises(ValueError, match="must exceed"):
         training.training_window(spec, FLIGHT_UNTIL)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from fleet import etl, lake, sources, suites
-from fleet.catalog import DATASETS, FLIGHTS, REVIEWS, Dataset
+from fleet.catalog import Dataset, datasets, get_dataset
 from fleet.settings import REPO_ROOT, Settings
 from fleet.validation import (
     ValidationFailed,
@@ -26,6 +26,10 @@ from fleet.validation import (
     validate_batch,
 )
 
+DATASETS = datasets()
+FLIGHTS = get_dataset("flights")
+REVIEWS = get_dataset("reviews")
+
 WEEK = [date(2013, 1, d) for d in range(7, 14)]
 
 
@@ -33,12 +37,12 @@ WEEK = [date(2013, 1, d) for d in range(7, 14)]
 def clean_flights() -> pd.DataFrame:
     raw = sources.load_flights()
     days = pd.to_datetime(raw[["year", "month", "day"]]).dt.date
-    return etl.transform_flights(raw[days.isin(WEEK)], sources.load_weather())
+    return sources.transform_flights(raw[days.isin(WEEK)], sources.load_weather())
 
 
 @pytest.fixture(scope="module")
 def clean_reviews() -> pd.DataFrame:
-    table = etl.transform_reviews(sources.load_reviews())
+    table = sources.transform_reviews(sources.load_reviews())
     return table.sort_values("received_at").head(300).reset_index(drop=True)
 
 

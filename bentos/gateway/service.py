@@ -267,4 +267,8 @@ class Service:
 
 
 async def _missing(name: str, mode: str) -> routing.ModelFailure:
-    return routing.ModelFailure(name, f"{name}: not served by this gateway ({mode} topology)")
+    return routing.ModelFailure(
+        name,
+        f"{name}: not served by this gateway ({mode} topology); if it has no @champion yet, "
+        f"train it (`fleet train {name}`) and serve it (`fleet stop`, then `fleet serve`)",
+    )

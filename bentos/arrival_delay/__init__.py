@@ -1,1 +1,0 @@
-"""The arrival_delay model service."""

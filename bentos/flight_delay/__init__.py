@@ -1,1 +1,0 @@
-"""The flight_delay model service."""

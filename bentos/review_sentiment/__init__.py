@@ -1,1 +1,0 @@
-"""The review_sentiment model service."""
