@@ -504,6 +504,7 @@ def run_serve_bench(
                 warmup=warmup,
                 time_bound_s=time_bound_s,
                 require=require,
+                headers=settings.auth_headers(),
             )
             bench.targets.append(TargetResult(name, url, run_load_process(load)))
 

@@ -258,6 +258,7 @@ class Fleet:
             time_bound_s=time_bound_s,
             require=require,
             forbid=forbid,
+            headers=Settings().auth_headers(),
         )
         before, t0 = self.cpu(), time.perf_counter()
         machine0, children0 = machine_busy(), _children_cpu()

@@ -27,6 +27,7 @@ from pydantic import Field
 from bentos import store
 from fleet import predictions, serving, training
 from fleet.catalog import get_model
+from fleet.guard import Guard
 from fleet.settings import Settings
 
 # upper bound on one request inside the service (a full batch on a busy worker); the
@@ -302,10 +303,13 @@ def make_service(model_name: str) -> Any:
     ]
     if tag is not None:
         envs.append({"name": store.TAG_ENV, "value": tag})
-    return bentoml.service(
+    service = bentoml.service(
         name=spec.name,
         workers=spec.serving.workers,
         threads=THREADS,
         traffic={"timeout": REQUEST_TIMEOUT_S},
         envs=envs,
     )(ModelService)
+    # token, JSON only and the body cap, before BentoML reads a byte (fleet.guard)
+    service.add_asgi_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    return service

@@ -95,6 +95,7 @@ class HttpBackend:
         timeout_s: float,
         retries: int = 3,
         backoff_s: float = 0.05,
+        token: str | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -103,10 +104,13 @@ class HttpBackend:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
+        self.token = token  # the fleet's API token, forwarded to the model service
 
     async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer:
         deadline = time.monotonic() + self.timeout_s
         headers = forward_headers(meta)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         attempt = 0
         while True:
             remaining = deadline - time.monotonic()

@@ -6,8 +6,10 @@ the commands so ``fleet --help`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fleet.secrets import mask_url
 from fleet.settings import Settings, get_settings, prepare_environment
 
 app = typer.Typer(
@@ -51,6 +54,20 @@ def _setup() -> Settings:
     settings = get_settings()
     prepare_environment(settings)
     return settings
+
+
+@contextlib.contextmanager
+def _flows(settings: Settings) -> Iterator[None]:
+    """A Prefect API for the flow runs of this command: ``PREFECT_API_URL``, the running
+    ``fleet up`` stack, else a temporary server that ends with the command."""
+    from fleet import processes
+    from fleet.prefect_api import prefect_api
+
+    try:
+        with prefect_api(settings, say=lambda line: console.print(f"[dim]{line}[/]")):
+            yield
+    except processes.ProcessError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -90,13 +107,10 @@ def etl(
     from fleet.validation import ValidationFailed
     from flows.etl import etl_flow
 
+    first, last = _date(start, "--start"), _date(end, "--end")
     try:
-        report = etl_flow(
-            start=_date(start, "--start"),
-            end=_date(end, "--end"),
-            datasets=dataset,
-            force=force,
-        )
+        with _flows(settings):
+            report = etl_flow(start=first, end=last, datasets=dataset, force=force)
     except ValidationFailed as exc:
         _fail(str(exc))
     console.print(report.summary())
@@ -159,13 +173,15 @@ def train(
     except ValueError as exc:
         _fail(str(exc), code=2)
     flow = train_fleet_flow.with_options(task_runner=runner)
-    results = flow(models=names, until=_date(until, "--until"))
+    last = _date(until, "--until")
+    with _flows(settings):
+        results = flow(models=names, until=last)
     table = Table(title="training")
     table.add_column("model", no_wrap=True)
     for column in ("status", "version", "metric", "candidate", "champion before", "after"):
         table.add_column(column)
     for r in results:
-        colour = {"promoted": "green", "kept": "yellow"}.get(r.status, "red")
+        colour = {"promoted": "green", "kept": "yellow", "skipped": "yellow"}.get(r.status, "red")
         table.add_row(
             r.model,
             f"[{colour}]{r.status}[/]",
@@ -179,9 +195,29 @@ def train(
     for r in results:
         colour = "red" if r.status == "failed" else "bold"
         console.print(f"[{colour}]{r.model}[/]: {r.message}")
-    console.print(f"MLflow store: {settings.tracking_uri}")
+    console.print(f"MLflow store: {mask_url(settings.tracking_uri)}")
     console.print(f"Data Docs: {settings.data_docs_index}")
     if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def retrain(
+    model: Annotated[str, typer.Argument(help="model name from the catalog")],
+    until: DateOption = None,
+) -> None:
+    """Retrain one model now: train -> gate -> promote, one retraining of it at a time."""
+    _known_model(model)
+    settings = _setup()
+    last = _date(until, "--until")
+    from flows.retrain import retrain_flow
+
+    with _flows(settings):
+        outcome = retrain_flow(model=model, until=last.isoformat() if last else None,
+                               reason="by hand (fleet retrain)")  # fmt: skip
+    colour = {"promoted": "green", "kept": "yellow", "skipped": "yellow"}.get(outcome.status, "red")
+    console.print(f"{model}: [{colour}]{outcome.status}[/] ({outcome.message})", soft_wrap=True)
+    if outcome.status == "failed":
         raise typer.Exit(1)
 
 
@@ -215,7 +251,7 @@ def models() -> None:
             f"{decision} {row.note}".strip(),
         )
     console.print(table)
-    console.print(f"MLflow store: {settings.tracking_uri}")
+    console.print(f"MLflow store: {mask_url(settings.tracking_uri)}")
 
 
 @app.command()
@@ -269,7 +305,8 @@ def monitor(
     from flows.monitor import EVENT, monitor_flow
 
     try:
-        outcome = monitor_flow(model=model, start=start, end=end)
+        with _flows(settings):
+            outcome = monitor_flow(model=model, start=start, end=end)
     except MonitorError as exc:
         _fail(str(exc))
     summary, decision = outcome.summary, outcome.decision
@@ -316,14 +353,11 @@ def replay(
     for value, flag in ((start, "--start"), (end, "--end")):
         _date(value, flag)
     try:
-        summary = replay_flow(
-            start=start,
-            end=end,
-            step=step,
-            quick=quick,
-            topology_name=topology,
-            per_week=per_week,
-        )
+        with _flows(settings):
+            summary = replay_flow(
+                start=start, end=end, step=step, quick=quick, topology_name=topology,
+                per_week=per_week,
+            )  # fmt: skip
     except (ReplayError, processes.ProcessError, ValueError) as exc:
         _fail(str(exc))
     _print_timeline(summary)
@@ -366,7 +400,9 @@ def bench_pipeline(
     settings = _setup()
     from bench.pipeline import run_pipeline_bench
 
-    results = run_pipeline_bench(settings, model, _date(until, "--until"), repeats)
+    last = _date(until, "--until")
+    with _flows(settings):
+        results = run_pipeline_bench(settings, model, last, repeats)
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 
@@ -446,10 +482,11 @@ def bench_serve(
 
     _known_model(model)
     levels = _integers(concurrency, "--concurrency", "1,8,32")
-    results = run_serve_bench(
-        settings, model, requests, warmup, levels, time_bound, out_dir or RESULTS_DIR,
-        say=console.print,
-    )  # fmt: skip
+    with _flows(settings):
+        results = run_serve_bench(
+            settings, model, requests, warmup, levels, time_bound, out_dir or RESULTS_DIR,
+            say=console.print,
+        )  # fmt: skip
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 
@@ -468,7 +505,8 @@ def bench_bentos(
     names = models.split(",") if models else None
     for name in names or []:
         _known_model(name)
-    results = run_bentos_bench(settings, names, out_dir or RESULTS_DIR, say=console.print)
+    with _flows(settings):
+        results = run_bentos_bench(settings, names, out_dir or RESULTS_DIR, say=console.print)
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
     if not results.all_served:
@@ -591,15 +629,24 @@ def _reload(settings: Settings, timeout: float) -> None:
 
 
 def _print_components(settings: Settings) -> None:
-    from fleet import processes
+    from fleet import processes, supervisor
+    from fleet import topology as topo
 
     table = Table(title="serving")
-    for column in ("component", "url", "pid", "healthy"):
+    for column in ("component", "version", "url", "pid", "state", "restarts"):
         table.add_column(column, no_wrap=True)
-    for s in processes.status(settings):
-        state = "[green]yes[/]" if s.healthy else ("[red]no[/]" if s.alive else "[red]dead[/]")
-        table.add_row(s.running.name, s.running.url, str(s.running.pid), state)
+    colours = {"healthy": "green", "unhealthy": "yellow"}
+    for row in topo.component_report(settings):
+        state = f"[{colours.get(row['state'], 'red')}]{row['state']}[/]"
+        if row["orphans"]:
+            state += f" (port held by {', '.join(map(str, row['orphans']))})"
+        table.add_row(row["name"], row["version"] or "-", row["url"], str(row["pid"]), state,
+                      str(row["restarts"]))  # fmt: skip
     console.print(table)
+    watcher = supervisor.supervisor_record(settings)
+    console.print(
+        f"supervisor: {'pid ' + str(watcher.pid) if watcher else 'not running (`fleet serve`)'}"
+    )
     console.print(f"logs: {processes.logs_dir(settings)}/<component>.log", soft_wrap=True)
 
 
@@ -662,9 +709,9 @@ def stop(
 ) -> None:
     """Stop exactly what `fleet serve` started (recorded pid files)."""
     settings = _setup()
-    from fleet import processes
+    from fleet import topology
 
-    done = processes.stop_all(settings, grace=grace)
+    done = topology.stop_fleet(settings, grace=grace)
     if not done:
         console.print("nothing to stop: no component is recorded as running")
         return
@@ -677,19 +724,19 @@ def stop(
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object, nothing else")] = False,
 ) -> None:
-    """Running components (stack servers, services): url, pid and whether they are healthy."""
+    """Recorded components (stack servers, services): url, pid, version, state, restarts."""
     settings = _setup()
-    from fleet import processes, stack
+    from fleet import stack
+    from fleet import topology as topo
 
-    found = processes.status(settings)
+    found = topo.component_report(settings)
     servers = [c for c in stack.servers(settings) if c.detail != "process gone"]
     if as_json:
-        payload = {c.name: {"url": c.url, "pid": c.pid, "healthy": c.healthy} for c in servers}
-        payload |= {
-            s.running.name: {"url": s.running.url, "pid": s.running.pid, "healthy": s.healthy}
-            for s in found
-            if s.alive
-        }
+        payload: dict[str, dict] = {
+            c.name: {"url": c.url, "pid": c.pid, "healthy": c.healthy, "state": (
+                "healthy" if c.healthy else "unhealthy")} for c in servers
+        }  # fmt: skip
+        payload |= {row.pop("name"): row for row in found}
         # plain print: rich would wrap or colour the JSON
         print(json.dumps(payload))
         return
@@ -738,7 +785,8 @@ def up(
         _print_components(settings)
     urls = {c.name: c.url for c in stack.servers(settings)}
     console.print(f"Prefect UI: {urls.get(stack.PREFECT, '-')}")
-    console.print(f"Prefect API: {stack.prefect_api_url(settings)} (set PREFECT_API_URL to use it)")
+    api = mask_url(stack.prefect_api_url(settings))
+    console.print(f"Prefect API: {api} (set PREFECT_API_URL to use it)")
     console.print(f"MLflow UI: {urls.get(stack.MLFLOW, '-')}")
     console.print("stop everything with `fleet down`")
 
@@ -758,6 +806,30 @@ def down(
     for running, was_alive in done:
         what = "stopped" if was_alive else "was not running (stale pid file removed)"
         console.print(f"{running.name} (pid {running.pid}, {running.url}): {what}")
+
+
+@app.command()
+def prune(
+    older_than: Annotated[
+        str | None,
+        typer.Option(help="age such as 30d, 12h, 4w [default: FLEET_RETENTION_DAYS]"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, delete nothing")] = False,
+) -> None:
+    """Delete logged predictions, gateway results and drift reports older than an age."""
+    from datetime import timedelta
+
+    from fleet.retention import parse_age
+    from fleet.retention import prune as do_prune
+
+    settings = _setup()
+    if older_than is None and settings.retention_days is None:
+        _fail("give --older-than (e.g. 30d) or set FLEET_RETENTION_DAYS", code=2)
+    try:
+        age = parse_age(older_than) if older_than else timedelta(days=settings.retention_days)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    console.print(do_prune(settings, age, dry_run).summary())
 
 
 @catalog_app.command("check")

@@ -1,12 +1,14 @@
-"""One model's lifecycle step, composed from the plain functions: window -> lake ->
-GX gate -> train -> register -> champion gate.
+"""One model's lifecycle step, composed once from the plain functions: window -> lake ->
+GX gate -> train -> register -> champion gate (:func:`train_one`).
 
-``flows/train.py`` wraps these; the pipeline benchmark calls them directly to measure
-what the orchestration itself costs.
+``flows/train.py`` (and through it the retrain flow and the replay) wraps it; the
+pipeline benchmark calls the same steps directly to measure what the orchestration
+itself costs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -109,3 +111,49 @@ def failed(spec: ModelSpec, error: BaseException) -> ModelOutcome:
 
 def _str(value: int | None) -> str | None:
     return None if value is None else str(value)
+
+
+# how long a scheduled or manual training waits for another training of the same model
+TRAIN_WAIT_S = 3600.0
+
+
+def train_one(
+    settings: Settings,
+    spec: ModelSpec,
+    until: date,
+    wait_s: float = TRAIN_WAIT_S,
+    log: Callable[[str], None] = print,
+) -> ModelOutcome:
+    """Gate the window, then train, register and run the champion gate for one model.
+
+    Holds the model's training lease (``fleet.locks``): trainings of one model run one at
+    a time whichever process starts them. ``skipped`` when the lease stays taken for
+    ``wait_s`` seconds (0: do not wait); ``failed`` (with the reason) when a step fails,
+    so that one model's failure is its row in a table, not the end of a run.
+    """
+    from fleet import locks, registry
+
+    window = training.training_window(spec, until)
+    try:
+        with locks.hold(
+            settings.state_db_url, f"train-{spec.name}", timeout_s=wait_s,
+            note=f"training {spec.name} up to {until}",
+        ):  # fmt: skip
+            frame, partitions = read_window(settings, spec, window)
+            checked = gate(settings, spec, window, partitions)
+            log(
+                f"{spec.name}: window {window} passed the gate "
+                f"({checked} of {len(partitions)} partitions needed validation)"
+            )
+            result = outcome_of(registry.train_and_promote(settings, spec, until, frame=frame))
+    except locks.LeaseBusy as exc:
+        log(f"{spec.name}: skipped, {exc}")
+        return ModelOutcome(spec.name, "skipped", spec.promotion.metric, message=str(exc))
+    except Exception as exc:
+        log(f"{spec.name} failed: {exc}")
+        return failed(spec, exc)
+    log(
+        f"{spec.name}: version {result.version} {result.status} "
+        f"({result.metric} {result.candidate_score:.4f})"
+    )
+    return result

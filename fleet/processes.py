@@ -85,11 +85,13 @@ class Running:
 
 @dataclass(frozen=True)
 class Status:
-    """One recorded component: is its process alive, does it answer its health path."""
+    """One recorded component: is its process alive, does it answer its health path, and
+    which processes hold its port without being its own (orphans of a killed server)."""
 
     running: Running
     alive: bool
     healthy: bool
+    orphans: tuple[int, ...] = ()
 
 
 def group_dir(settings: Settings, group: str = SERVING) -> Path:
@@ -232,11 +234,16 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def start(
-    settings: Settings, launch: Launch, topology: str | None = None, group: str = SERVING
+    settings: Settings,
+    launch: Launch,
+    topology: str | None = None,
+    group: str = SERVING,
+    check_port_free: bool = True,
 ) -> Running:
     """Start ``launch`` as a detached process group and record it in its pid file.
 
-    Refuses when the component is already running or its port is taken.
+    Refuses when the component is already running or its port is taken (a component
+    that listens on no port passes ``check_port_free=False``).
     """
     existing = pid_path(settings, launch.name, group)
     if existing.exists():
@@ -248,7 +255,8 @@ def start(
                     f"stop it first with {how}"
                 )
         existing.unlink(missing_ok=True)  # stale: its process is gone
-    check_port(launch)
+    if check_port_free:
+        check_port(launch)
     log = log_path(settings, launch.name, group)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **launch.env}
@@ -367,27 +375,113 @@ def _signal_all(pgid: int, tree: dict[int, int], sig: signal.Signals) -> None:
                 os.kill(pid, sig)
 
 
-def stop(settings: Settings, running: Running, grace: float = 15.0) -> bool:
-    """SIGTERM the component (its process group and descendants), SIGKILL after ``grace``.
+def started_at(running: Running) -> float | None:
+    """When the component was started (epoch seconds), from its record."""
+    try:
+        return datetime.fromisoformat(running.started).timestamp()
+    except ValueError:
+        return None
 
-    Returns True when a live process was stopped, False when it was already gone. The
-    pid file is removed either way.
+
+# what a process must run to be stopped for holding a fleet port: never anything else
+_OURS = ("bentoml", "_bentoml_impl", "prefect", "mlflow", "uvicorn", "http.server")
+
+
+def port_holders(port: int, host: str | None = None) -> list[int]:
+    """Pids listening on ``port`` (on ``host`` or any address), found by socket, not pid file.
+
+    BentoML's workers outlive a ``bentoml serve`` that was killed, and keep its port;
+    this finds them.
+    """
+    import psutil
+
+    pids = set()
+    try:
+        connections = psutil.net_connections(kind="inet")
+    except psutil.Error:
+        return []
+    for conn in connections:
+        if conn.status != psutil.CONN_LISTEN or not conn.laddr or conn.laddr.port != port:
+            continue
+        if host not in (None, "0.0.0.0", "::") and conn.laddr.ip not in (host, "0.0.0.0", "::"):
+            continue
+        if conn.pid:
+            pids.add(conn.pid)
+    return sorted(pids)
+
+
+def orphans(running: Running) -> list[int]:
+    """Processes holding the component's port that are not its recorded process tree."""
+    if not running.port:
+        return []
+    own = {running.pid, *descendants(running.pid)} if is_alive(running) else set()
+    return [pid for pid in port_holders(running.port, running.url.split("//")[-1].split(":")[0])
+            if pid not in own and _looks_ours(pid)]  # fmt: skip
+
+
+def _looks_ours(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return any(word in cmdline for word in _OURS)
+
+
+def _left(starts: dict[int, int | None]) -> list[int]:
+    """The pids of ``starts`` still running as the same process (start time kept)."""
+    return [
+        p for p, s in starts.items() if s is not None and _proc_start(p) == s and not _zombie(p)
+    ]
+
+
+def kill_orphans(running: Running, grace: float = 5.0, rounds: int = 5) -> list[int]:
+    """TERM, then KILL, the orphans holding the component's port; the pids signalled.
+
+    In rounds: processes sharing one listening socket may be reported one at a time.
+    """
+    signalled: list[int] = []
+    for _ in range(rounds):
+        found = orphans(running)
+        if not found:
+            break
+        signalled += found
+        starts = {pid: _proc_start(pid) for pid in found}
+
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            for pid in _left(starts):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + wait
+            while _left(starts) and time.monotonic() < deadline:
+                time.sleep(0.1)
+    return signalled
+
+
+def stop(settings: Settings, running: Running, grace: float = 15.0, tree: bool = True) -> bool:
+    """SIGTERM the component (its process group and descendants), SIGKILL after ``grace``;
+    then whatever still holds its port as an orphan of it.
+
+    ``tree=False`` signals the process alone (a supervisor, whose children are
+    components of their own). Returns True when a live process was stopped, False when
+    it was already gone. The pid file is removed either way.
     """
     stopped = False
     if is_alive(running):
-        tree = descendants(running.pid)
+        members = descendants(running.pid) if tree else {}
         # start_new_session made the pid the group id; the leader's SIGTERM handler (the
         # BentoML arbiter) stops its workers cleanly, so only the group gets TERM first
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(running.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _remaining(running.pid, tree) and time.monotonic() < deadline:
+        while _remaining(running.pid, members) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _remaining(running.pid, tree):
-            _signal_all(running.pid, tree, signal.SIGKILL)
+        if _remaining(running.pid, members):
+            _signal_all(running.pid, members, signal.SIGKILL)
             deadline = time.monotonic() + 5.0
-            while _remaining(running.pid, tree) and time.monotonic() < deadline:
+            while _remaining(running.pid, members) and time.monotonic() < deadline:
                 time.sleep(0.05)
+        stopped = True
+    if kill_orphans(running):
         stopped = True
     remove_pid_file(settings, running.name, running.group)
     return stopped
@@ -406,5 +500,5 @@ def status(settings: Settings, timeout: float = 1.0, group: str = SERVING) -> li
     for running in read_pid_files(settings, group):
         alive = is_alive(running)
         healthy = alive and is_healthy(running.url, timeout, running.health_path)
-        out.append(Status(running, alive, healthy))
+        out.append(Status(running, alive, healthy, tuple(orphans(running))))
     return out

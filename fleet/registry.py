@@ -62,6 +62,9 @@ CHAMPION = "champion"
 HISTORY_TAG = "champion_history"
 HISTORY_KEEP = 50  # entries kept in the registered-model tag (the versions keep the rest)
 MODEL_ARTIFACT = "model"
+PROMOTING = "promoting"  # decided, alias not yet moved: a crash here is repaired later
+INTERRUPTED = "interrupted"  # was promoting when its process died; the alias never moved
+LOCK_TIMEOUT_S = 900.0  # how long a promotion waits for another of the same model
 SERIALIZATION_FORMAT = "cloudpickle"  # see the module docstring
 
 
@@ -425,15 +428,75 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def champion_lock(settings: Settings, model_name: str, timeout_s: float = LOCK_TIMEOUT_S):
+    """The lease every move of a model's ``@champion`` holds (``fleet.locks``)."""
+    from fleet import locks
+
+    return locks.hold(
+        settings.state_db_url, f"champion-{model_name}", timeout_s=timeout_s,
+        note=f"moving {model_name}@{CHAMPION}",
+    )  # fmt: skip
+
+
+def _set_tags(mlc: MlflowClient, name: str, version: int | str, tags: dict[str, str]) -> None:
+    for key, value in tags.items():
+        mlc.set_model_version_tag(name, str(version), key, value)
+
+
+def repair(mlc: MlflowClient, name: str) -> list[int]:
+    """Finish what a process that died mid-promotion left (call under the lock).
+
+    A version tagged ``promoting`` either got the alias before the crash (it is the
+    champion: the promotion happened, so it becomes ``promoted``) or did not (the alias
+    never moved: ``interrupted``). Returns the versions repaired.
+    """
+    champ = _champion_version(mlc, name)
+    champion = int(champ.version) if champ is not None else None
+    fixed = []
+    for mv in mlc.search_model_versions(f"name = '{name}'"):
+        if mv.tags.get("decision") != PROMOTING:
+            continue
+        version = int(mv.version)
+        if version == champion:
+            _set_tags(mlc, name, version, {"decision": "promoted"})
+            _append_history(
+                mlc, name,
+                {"version": version, "at": _now(), "event": "promoted",
+                 "from": _int_or_none(mv.tags.get("champion_before")),
+                 "reason": "promotion completed after an interruption"},
+            )  # fmt: skip
+        else:
+            _set_tags(
+                mlc, name, version,
+                {"decision": INTERRUPTED,
+                 "reason": f"{mv.tags.get('reason', '')}; interrupted before the alias moved"},
+            )  # fmt: skip
+        fixed.append(version)
+    return fixed
+
+
+def _int_or_none(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
 def promote_if_better(
     settings: Settings,
     spec: ModelSpec,
     candidate: Candidate,
     X_hold: pd.DataFrame,
     y_hold: pd.Series,
+    lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> Decision:
     """Score the candidate and the current champion on the same holdout; move
-    ``@champion`` only if the candidate beats it (and the baseline) by the margin."""
+    ``@champion`` only if the candidate beats it (and the baseline) by the margin.
+
+    Serialised per model: the champion is read, scored and replaced under the model's
+    lease, so two promotions racing end with the better model as champion. The decision
+    and its reasons are written on the candidate *before* the alias moves (``decision``
+    is ``promoting`` until it has), so a crash at any step leaves the previous champion
+    in place or the new one fully explained, and the next holder finishes the record
+    (:func:`repair`).
+    """
     mlc = client(settings)
     metric = spec.promotion.metric
     name = spec.name
@@ -446,55 +509,60 @@ def promote_if_better(
     direction = "higher" if spec.promotion.greater_is_better else "lower"
     margin = spec.promotion.margin
 
-    champ = _champion_version(mlc, name)
-    champ_version = int(champ.version) if champ is not None else None
-    if champ_version == candidate.version:
-        raise RegistryError(f"{name} v{candidate.version} is already the champion")
-    champ_score = None
-    if champ is not None:
-        champ_score = training.score(
-            spec, load_version(settings, name, champ.version), X_hold, y_hold
-        )[metric]
+    with champion_lock(settings, name, lock_timeout_s) as lease:
+        repair(mlc, name)
+        champ = _champion_version(mlc, name)  # read again, under the lease
+        champ_version = int(champ.version) if champ is not None else None
+        if champ_version == candidate.version:
+            raise RegistryError(f"{name} v{candidate.version} is already the champion")
+        champ_score = None
+        if champ is not None:
+            champ_score = training.score(
+                spec, load_version(settings, name, champ.version), X_hold, y_hold
+            )[metric]
 
-    # every candidate must beat the trivial baseline; with a champion it must beat that too
-    vs_base = f"the trivial baseline {base_score:.4f}"
-    if champ_score is None:
-        promoted = beats_baseline
-        verdict = "beats" if promoted else "does not beat"
-        reason = f"first champion: {metric} {cand_score:.4f} {verdict} {vs_base}"
-    else:
-        beats_champion = training.is_better(spec, cand_score, champ_score)
-        promoted = beats_champion and beats_baseline
-        verdict = "beats" if beats_champion else "does not beat"
-        reason = f"{metric} {cand_score:.4f} {verdict} champion v{champ_version} {champ_score:.4f}"
-        if beats_champion and not beats_baseline:
-            reason += f" but not {vs_base}"
-    if champ_score is None and not promoted:
-        reason = reason.removeprefix("first champion: ")
-    reason += f" by {margin} or more ({direction} is better)"
+        # every candidate must beat the trivial baseline; with a champion, that too
+        vs_base = f"the trivial baseline {base_score:.4f}"
+        if champ_score is None:
+            promoted = beats_baseline
+            verdict = "beats" if promoted else "does not beat"
+            reason = f"first champion: {metric} {cand_score:.4f} {verdict} {vs_base}"
+        else:
+            beats_champion = training.is_better(spec, cand_score, champ_score)
+            promoted = beats_champion and beats_baseline
+            verdict = "beats" if beats_champion else "does not beat"
+            reason = (
+                f"{metric} {cand_score:.4f} {verdict} champion v{champ_version} {champ_score:.4f}"
+            )
+            if beats_champion and not beats_baseline:
+                reason += f" but not {vs_base}"
+        if champ_score is None and not promoted:
+            reason = reason.removeprefix("first champion: ")
+        reason += f" by {margin} or more ({direction} is better)"
 
-    decided_at = _now()
-    if promoted:
-        mlc.set_registered_model_alias(name, CHAMPION, str(candidate.version))
-        _append_history(
-            mlc,
-            name,
-            {"version": candidate.version, "at": decided_at, "event": "promoted",
-             "from": champ_version, "reason": reason},
-        )  # fmt: skip
-    tags = {
-        "decision": "promoted" if promoted else "rejected",
-        "reason": reason,
-        "metric": metric,
-        "candidate_score": _fmt(cand_score),
-        "champion_score": _fmt(champ_score),
-        "baseline_score": _fmt(base_score),
-        "champion_before": str(champ_version) if champ_version is not None else "none",
-        "decided_at": decided_at,
-        "holdout_rows": str(len(y_hold)),
-    }
-    for key, value in tags.items():
-        mlc.set_model_version_tag(name, str(candidate.version), key, value)
+        decided_at = _now()
+        tags = {
+            "decision": PROMOTING if promoted else "rejected",
+            "reason": reason,
+            "metric": metric,
+            "candidate_score": _fmt(cand_score),
+            "champion_score": _fmt(champ_score),
+            "baseline_score": _fmt(base_score),
+            "champion_before": str(champ_version) if champ_version is not None else "none",
+            "decided_at": decided_at,
+            "holdout_rows": str(len(y_hold)),
+        }
+        lease.check()
+        _set_tags(mlc, name, candidate.version, tags)  # the decision first, explained
+        if promoted:
+            lease.check()
+            mlc.set_registered_model_alias(name, CHAMPION, str(candidate.version))
+            _append_history(
+                mlc, name,
+                {"version": candidate.version, "at": decided_at, "event": "promoted",
+                 "from": champ_version, "reason": reason},
+            )  # fmt: skip
+            _set_tags(mlc, name, candidate.version, {"decision": "promoted"})
     return Decision(
         model_name=name,
         version=candidate.version,
@@ -514,6 +582,7 @@ def rollback(settings: Settings, model_name: str) -> tuple[int, int]:
 
     Returns (from_version, to_version). Raises :class:`NoPreviousChampion` when the
     current champion was the first one, :class:`RegistryError` when there is none.
+    Holds the model's champion lease, as promotions do.
     """
     from mlflow.exceptions import MlflowException
 
@@ -524,33 +593,36 @@ def rollback(settings: Settings, model_name: str) -> tuple[int, int]:
         raise RegistryError(
             f"{model_name} has no registered versions yet; run `fleet train {model_name}`"
         ) from None
-    current = _champion_version(mlc, model_name)
-    if current is None:
-        raise RegistryError(
-            f"{model_name} has no champion; nothing to roll back (run `fleet train {model_name}`)"
-        )
-    before = current.tags.get("champion_before", "none")
-    if before in ("", "none"):
-        raise NoPreviousChampion(
-            f"{model_name} v{current.version} is the first champion: there is no previous "
-            "champion to roll back to"
-        )
-    try:
-        mlc.get_model_version(model_name, before)
-    except MlflowException:
-        raise RegistryError(
-            f"{model_name}: previous champion v{before} no longer exists in the registry"
-        ) from None
-    at = _now()
-    mlc.set_registered_model_alias(model_name, CHAMPION, before)
-    mlc.set_model_version_tag(model_name, current.version, "rolled_back_at", at)
-    mlc.set_model_version_tag(model_name, before, "restored_at", at)
-    _append_history(
-        mlc,
-        model_name,
-        {"version": int(before), "at": at, "event": "rollback", "from": int(current.version),
-         "reason": f"rollback from v{current.version}"},
-    )  # fmt: skip
+    with champion_lock(settings, model_name) as lease:
+        repair(mlc, model_name)
+        current = _champion_version(mlc, model_name)
+        if current is None:
+            raise RegistryError(
+                f"{model_name} has no champion; nothing to roll back "
+                f"(run `fleet train {model_name}`)"
+            )
+        before = current.tags.get("champion_before", "none")
+        if before in ("", "none"):
+            raise NoPreviousChampion(
+                f"{model_name} v{current.version} is the first champion: there is no previous "
+                "champion to roll back to"
+            )
+        try:
+            mlc.get_model_version(model_name, before)
+        except MlflowException:
+            raise RegistryError(
+                f"{model_name}: previous champion v{before} no longer exists in the registry"
+            ) from None
+        at = _now()
+        lease.check()
+        _set_tags(mlc, model_name, current.version, {"rolled_back_at": at})
+        mlc.set_registered_model_alias(model_name, CHAMPION, before)
+        mlc.set_model_version_tag(model_name, before, "restored_at", at)
+        _append_history(
+            mlc, model_name,
+            {"version": int(before), "at": at, "event": "rollback", "from": int(current.version),
+             "reason": f"rollback from v{current.version}"},
+        )  # fmt: skip
     return int(current.version), int(before)
 
 
@@ -600,6 +672,13 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
         versions = mlc.search_model_versions(f"name = '{spec.name}'")
         latest = max(versions, key=lambda v: int(v.version)) if versions else None
         champ = champion_info(settings, spec.name)
+        # read-only: an interrupted promotion is shown, the next writer repairs it
+        broken = [
+            f"v{v.version} {v.tags.get('decision')} (its process died while promoting)"
+            for v in versions
+            if v.tags.get("decision") in (PROMOTING, INTERRUPTED)
+            and (champ is None or int(v.version) != champ.version)
+        ]
         rows.append(
             ModelRow(
                 model=spec.name,
@@ -612,7 +691,9 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
                 window=str(champ.window) if champ else None,
                 last_version=int(latest.version) if latest else None,
                 last_decision=latest.tags.get("decision") if latest else None,
-                note="" if champ else "no champion: no version passed the gate",
+                note="; ".join(
+                    ([] if champ else ["no champion: no version passed the gate"]) + broken
+                ),
             )
         )
     return rows

@@ -240,7 +240,7 @@ def _answered(response: httpx.Response, models: list[str]) -> str | None:
 
 
 async def _send_all(
-    url: str, bodies: list[dict], concurrency: int, timeout: float
+    url: str, bodies: list[dict], concurrency: int, timeout: float, headers: dict[str, str]
 ) -> TrafficResult:
     queue = list(reversed(bodies))
     result = TrafficResult(sent=len(bodies), ok=0, errors=0, samples=[])
@@ -260,16 +260,22 @@ async def _send_all(
                     result.samples.append(problem)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=timeout, limits=limits, headers=headers) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return result
 
 
 def send_traffic(
-    url: str, bodies: list[dict], concurrency: int, timeout: float = 30.0
+    url: str,
+    bodies: list[dict],
+    concurrency: int,
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> TrafficResult:
-    """POST every body once to the gateway's /predict, ``concurrency`` at a time."""
-    return asyncio.run(_send_all(url.rstrip("/") + "/predict", bodies, concurrency, timeout))
+    """POST every body once to the gateway's /predict, ``concurrency`` at a time
+    (``headers``: the fleet's token, when it has one)."""
+    target = url.rstrip("/") + "/predict"
+    return asyncio.run(_send_all(target, bodies, concurrency, timeout, headers or {}))
 
 
 # --- scoring -------------------------------------------------------------------------------
@@ -317,7 +323,8 @@ class Replay:
     config: ReplayConfig
     etl: Callable[[date, date], object]  # load [first, last] into the lake (labels)
     train_all: Callable[[date], list[Any]]  # bootstrap: train every model up to a day
-    retrain: Callable[[str, date, str], Any]  # (model, until, reason) -> ModelOutcome
+    # (model, until, reason, firing) -> ModelOutcome; the firing the monitor claimed
+    retrain: Callable[[str, date, str, str], Any]
     log: Callable[[str], None] = print
     # told about every decision that fires, before the retraining (the flow emits the event)
     on_fire: Callable[[Any, Any], None] = lambda summary, decision: None
@@ -357,7 +364,9 @@ class Replay:
         for dataset in traffic_datasets(cfg.models):
             rows = week_rows(dataset, first, after, cfg.sample, cfg.seed)
             bodies = gateway_bodies(dataset, rows, cfg.models)
-            traffic = send_traffic(gateway_url, bodies, cfg.concurrency)
+            traffic = send_traffic(
+                gateway_url, bodies, cfg.concurrency, headers=self.settings.auth_headers()
+            )
             sent[dataset.name] = traffic.sent
             errors += traffic.errors
             if traffic.errors:
@@ -401,7 +410,7 @@ class Replay:
         if decision.fire:
             self.on_fire(summary, decision)
             t_fired = time.perf_counter()
-            outcome = self.retrain(name, after, decision.reason)
+            outcome = self.retrain(name, after, decision.reason, decision.firing or "")
             week.retrain_seconds = round(time.perf_counter() - t_fired, 1)
             week.retrain = outcome.status
             week.champion_after = outcome.champion_after or ""

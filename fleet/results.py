@@ -102,6 +102,14 @@ def make_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def create_tables(metadata: sa.MetaData, engine: sa.Engine) -> None:
+    """``create_all``, tolerating another process creating the same tables meanwhile."""
+    try:
+        metadata.create_all(engine)
+    except sa.exc.DBAPIError:
+        metadata.create_all(engine)
+
+
 def insert_missing(engine: sa.Engine, table: Any, values: dict[str, Any], key: str) -> None:
     """Insert the row ``values`` unless one with the same primary ``key`` exists (race-safe)."""
     dialect = engine.dialect.name

@@ -228,6 +228,7 @@ def gateway_request_model() -> type[Any]:
         Field(
             None,
             min_length=1,
+            max_length=len(catalog.model_names()),  # each model once at most
             description="only these models (default: all that apply); one of "
             + ", ".join(catalog.model_names()),
         ),

@@ -26,6 +26,9 @@ TELEMETRY_OFF = {
 }
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class Settings(BaseSettings):
     """Fleet settings from ``FLEET_*`` environment variables."""
 
@@ -50,12 +53,35 @@ class Settings(BaseSettings):
     predictions_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the prediction log"
     )
-    model_timeout_s: float = Field(default=2.0, gt=0, description="gateway -> model timeout")
+    # 5 s: on two busy cores a model service restarting or loading a new version next to
+    # 16 clients held requests for 2-4 s; the gateway must answer within it, not drop them
+    model_timeout_s: float = Field(default=5.0, gt=0, description="gateway -> model timeout")
     max_batch_records: int = Field(default=1000, ge=1, description="largest batch request")
     # the local stack (`fleet up`): every server binds serve_host
     prefect_port: int = Field(default=4200, description="local Prefect server (API + UI)")
     mlflow_port: int = Field(default=5000, description="local MLflow server (UI + API)")
     worker_port: int = Field(default=4201, description="Prefect worker's health endpoint")
+    api_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="bearer token every service and the gateway require (health excepted)",
+    )
+    api_token_file: Path | None = Field(
+        default=None, description="a file holding the token (instead of FLEET_API_TOKEN)"
+    )
+    prefect_auth: str | None = Field(
+        default=None, repr=False, description="user:password of the local Prefect server"
+    )
+    mlflow_username: str = Field(default="admin", description="the local MLflow server's admin")
+    mlflow_password: str | None = Field(
+        default=None, repr=False, description="turns on MLflow's basic-auth app in `fleet up`"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024, description="largest request body a service reads"
+    )
+    retention_days: int | None = Field(
+        default=None, ge=1, description="`fleet prune` default: keep this many days"
+    )
     task_runner: str = Field(
         default="threads",
         description="training parallelism: threads, dask (local cluster) or a Dask address",
@@ -110,6 +136,48 @@ class Settings(BaseSettings):
     @property
     def predictions_db_url(self) -> str:
         return self.predictions_url or f"sqlite:///{self.serving_dir / 'predictions.db'}"
+
+    @property
+    def state_db_url(self) -> str:
+        """The fleet's own state (leases, trigger claims, monitor history): beside the
+        prediction log, which every service and flow run already reaches."""
+        return self.predictions_db_url
+
+    @property
+    def token(self) -> str | None:
+        """The API token: ``FLEET_API_TOKEN``, else the first line of ``FLEET_API_TOKEN_FILE``."""
+        if self.api_token:
+            return self.api_token.strip() or None
+        if self.api_token_file is not None:
+            try:
+                text = self.api_token_file.expanduser().read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"FLEET_API_TOKEN_FILE {self.api_token_file}: {exc}") from None
+            return text.splitlines()[0].strip() if text else None
+        return None
+
+    def exposure_problems(self, stack: bool = False) -> list[str]:
+        """What must be set before binding ``serve_host`` beyond loopback (empty: fine).
+
+        On loopback nothing is asked; elsewhere every endpoint must authenticate: the
+        services and gateway (a token), and with the stack, Prefect (its API runs code
+        through deployments) and MLflow (its write API takes pickled models).
+        """
+        if self.serve_host in LOOPBACK:
+            return []
+        missing = []
+        if not self.token:
+            missing.append("FLEET_API_TOKEN (or FLEET_API_TOKEN_FILE) for the services")
+        if stack and not self.prefect_auth:
+            missing.append("FLEET_PREFECT_AUTH=user:password for the Prefect server")
+        if stack and not self.mlflow_password:
+            missing.append("FLEET_MLFLOW_PASSWORD for the MLflow server")
+        return missing
+
+    def auth_headers(self) -> dict[str, str]:
+        """What a client of the fleet's services sends: the bearer token, when one is set."""
+        token = self.token
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     @property
     def prefect_home(self) -> Path:

@@ -27,9 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import catalog, deployments, processes
+from fleet import catalog, deployments, processes, topology
 from fleet.catalog import model_port
 from fleet.processes import Launch, Running
+from fleet.secrets import mask_url
 from fleet.settings import REPO_ROOT, Settings
 
 STACK = "stack"  # the processes group of the stack's own servers
@@ -84,11 +85,29 @@ def prefect_api_url(settings: Settings) -> str:
 
 
 def _prefect_env(settings: Settings) -> dict[str, str]:
-    return {
+    """What the Prefect server and every client of it share."""
+    env = {
         "PREFECT_HOME": str(settings.prefect_home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
     }
+    if settings.prefect_auth:
+        env["PREFECT_API_AUTH_STRING"] = settings.prefect_auth
+    return env
+
+
+def _prefect_server_env(settings: Settings) -> dict[str, str]:
+    """The local server: its own UI is the only web origin it answers, writes need a CSRF
+    token (a page the operator opens elsewhere cannot start runs), and basic auth when
+    ``FLEET_PREFECT_AUTH`` is set."""
+    origin = f"http://{settings.serve_host}:{settings.prefect_port}"
+    env = _prefect_env(settings) | {
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": origin,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+    }
+    if settings.prefect_auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = settings.prefect_auth
+    return env
 
 
 def run_env(settings: Settings) -> dict[str, str]:
@@ -119,11 +138,42 @@ def prefect_launch(settings: Settings) -> Launch:
         command=[_bin("prefect"), "server", "start", "--host", host, "--port", str(port)],
         host=host,
         port=port,
-        env=_prefect_env(settings),
+        env=_prefect_server_env(settings),
         cwd=settings.root,
         port_hint="FLEET_PREFECT_PORT",
         health_path="/api/health",
     )
+
+
+def _secret_file(settings: Settings, name: str, content: str) -> Path:
+    """A file only this user reads, under the stack's folder (for what must be a file)."""
+    path = processes.group_dir(settings, STACK) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(content)
+    return path
+
+
+def _mlflow_auth_env(settings: Settings) -> dict[str, str]:
+    """MLflow's basic-auth app: users in their own SQLite file, the admin's password from
+    ``FLEET_MLFLOW_PASSWORD`` (set at the first start), a session key kept per state root."""
+    import secrets
+
+    key_file = processes.group_dir(settings, STACK) / "mlflow-secret-key"
+    key = key_file.read_text().strip() if key_file.is_file() else secrets.token_hex(32)
+    _secret_file(settings, "mlflow-secret-key", key)
+    config = _secret_file(
+        settings,
+        "mlflow-basic-auth.ini",
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{settings.mlflow_dir / 'basic_auth.db'}\n"
+        f"admin_username = {settings.mlflow_username}\n"
+        f"admin_password = {settings.mlflow_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+    )
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": key}
 
 
 def mlflow_launch(settings: Settings) -> Launch:
@@ -131,7 +181,6 @@ def mlflow_launch(settings: Settings) -> Launch:
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     command = [
         _bin("mlflow"), "server",
-        "--backend-store-uri", settings.tracking_uri,
         # the flows write artifacts straight to this directory, so the server reads
         # them there too rather than proxying an artifact store of its own
         "--default-artifact-root", settings.artifact_root.as_uri(),
@@ -139,12 +188,17 @@ def mlflow_launch(settings: Settings) -> Launch:
         "--host", host, "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+    # the store URI may carry a password: the environment, never the command line
+    env = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_BACKEND_STORE_URI": settings.tracking_uri}
+    if settings.mlflow_password:
+        command += ["--app-name", "basic-auth"]
+        env |= _mlflow_auth_env(settings)
     return Launch(
         name=MLFLOW,
         command=command,
         host=host,
         port=port,
-        env={"MLFLOW_DISABLE_TELEMETRY": "true"},
+        env=env,
         cwd=settings.root,
         port_hint="FLEET_MLFLOW_PORT",
         health_path="/health",
@@ -244,8 +298,9 @@ def deploy(
 
 
 def deploy_all(settings: Settings, say: Callable[[str], None] = print) -> list[str]:
-    """Work pool, retrain limits and every local deployment (per-model ones expanded
-    from the catalog) on the Prefect API in use; the names deployed."""
+    """Work pool and every local deployment (per-model ones expanded from the catalog)
+    on the Prefect API in use; the names deployed. (One training per model at a time is
+    the state database's lease, not a Prefect limit: it holds wherever a run starts.)"""
     api = prefect_api_url(settings)
     if not processes.is_healthy(api.rstrip("/"), 5.0, "/health"):
         raise StackError(
@@ -253,11 +308,8 @@ def deploy_all(settings: Settings, say: Callable[[str], None] = print) -> list[s
             "set PREFECT_API_URL to a running server"
         )
     with prefect_client_settings(settings):
-        from flows.retrain import ensure_concurrency_limits
-
         if ensure_work_pool():
             say(f"created work pool {WORK_POOL!r} (process)")
-        ensure_concurrency_limits()
     names = deployments.local_deployments()
     say(f"deploying {', '.join(names)} ...")
     deploy(settings, names)
@@ -315,6 +367,7 @@ def up(
     if running_now:
         found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in running_now)
         raise StackError(f"the stack is already running: {found}; run `fleet down` first")
+    topology.refuse_exposure(settings, stack=True)
     problems = deployments.check_deployments()
     if problems:
         raise StackError("prefect.yaml is not valid:\n  " + "\n  ".join(problems))
@@ -328,11 +381,14 @@ def up(
     _check_ports(launches + serving_ports(settings, served))
 
     settings.prefect_home.mkdir(parents=True, exist_ok=True)
-    from fleet import topology
-
     # serving components are this stack's when none ran before it (`fleet serve` ones stay)
     owns_serving = bool(served) and not topology.running(settings)
-    state = {"prefect": prefect_remote, "mlflow": mlflow_remote, "serving": owns_serving}
+    # what is on disk is for reading back: URLs with their passwords masked
+    state = {
+        "prefect": prefect_remote and mask_url(prefect_remote),
+        "mlflow": mlflow_remote and mask_url(mlflow_remote),
+        "serving": owns_serving,
+    }
     _write_state(settings, state)
     started: list[Running] = []
     by_name = {launch.name: launch for launch in launches}
@@ -370,7 +426,7 @@ def up(
             with contextlib.suppress(BaseException):
                 serving.result()  # let it finish (it cleans up its own failures)
         if owns_serving:
-            processes.stop_all(settings)
+            topology.stop_fleet(settings)
         for running in reversed(started):
             processes.stop(settings, running)
         state_file(settings).unlink(missing_ok=True)
@@ -382,7 +438,8 @@ def up(
 
 def down(settings: Settings, grace: float = 15.0) -> list[tuple[Running, bool]]:
     """Stop exactly what `fleet up` started: serving, worker, MLflow, Prefect, in order."""
-    done = processes.stop_all(settings, grace) if read_state(settings).get("serving") else []
+    serving = read_state(settings).get("serving")
+    done = topology.stop_fleet(settings, grace) if serving else []
     order = {WORKER: 0, MLFLOW: 1, PREFECT: 2}
     recorded = processes.read_pid_files(settings, STACK)
     recorded.sort(key=lambda r: (order.get(r.name, -1), r.name))
@@ -405,15 +462,16 @@ def servers(settings: Settings, timeout: float = 2.0) -> list[Component]:
     out = []
     state = read_state(settings)
     recorded = {s.running.name: s for s in processes.status(settings, timeout, group=STACK)}
-    remotes = {PREFECT: state.get("prefect"), MLFLOW: state.get("mlflow")}
+    # the live settings give the URLs to check; the state (masked) says which were in use
+    live = {PREFECT: remote_prefect(), MLFLOW: remote_mlflow(settings)}
     for name in (PREFECT, MLFLOW, WORKER):
         if name in recorded:
             s = recorded[name]
             detail = "" if s.alive else "process gone"
             out.append(Component(name, s.running.url, s.running.pid, s.healthy, detail))
-        elif remotes.get(name):
-            url = remotes[name]
+        elif state.get(name) and live.get(name):
+            url = live[name]
             # Prefect's API URL ends in /api, whose health path is /api/health
             healthy = processes.is_healthy(url.rstrip("/"), timeout, "/health")
-            out.append(Component(name, url, None, healthy, "remote"))
+            out.append(Component(name, mask_url(url), None, healthy, "remote"))
     return out

@@ -12,12 +12,17 @@ caller's step, so planning stays free of bentoml and MLflow.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import shutil
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -100,6 +105,61 @@ def write_json(path: Path, data: dict[str, str]) -> None:
     tmp.replace(path)
 
 
+class _ServingLock:
+    """An exclusive file lock on ``<serving_dir>/serving.lock``, reentrant in one process.
+
+    Every change to the serving state (start, reload, restart, stop) holds it, across
+    processes (``fcntl.flock``: released by the kernel if its holder dies), so two
+    reloads, or a reload and the supervisor's restart, never interleave their writes of
+    the backends file, the tags file and the pid files.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.RLock()
+        self._held: dict[Path, tuple[int, int]] = {}  # path -> (fd, depth)
+
+    @contextlib.contextmanager
+    def hold(self, settings: Settings, timeout: float = 600.0) -> Iterator[None]:
+        path = settings.serving_dir / "serving.lock"
+        with self._mutex:
+            fd, depth = self._held.get(path, (-1, 0))
+            if depth == 0:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            os.close(fd)
+                            raise processes.ProcessError(
+                                f"another fleet command holds {path} for more than "
+                                f"{timeout:.0f} s (a reload or restart); try again"
+                            ) from None
+                        time.sleep(0.1)
+            self._held[path] = (fd, depth + 1)
+            try:
+                yield
+            finally:
+                fd, depth = self._held[path]
+                if depth == 1:
+                    del self._held[path]
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                    os.close(fd)
+                else:
+                    self._held[path] = (fd, depth - 1)
+
+
+_LOCK = _ServingLock()
+
+
+def serving_lock(settings: Settings, timeout: float = 600.0) -> contextlib.AbstractContextManager:
+    """Hold the serving state's lock for the block (see :class:`_ServingLock`)."""
+    return _LOCK.hold(settings, timeout)
+
+
 def resolve_models(names: list[str] | None) -> list[str]:
     """Requested model names in catalog order; all of them when none are named."""
     if not names:
@@ -125,57 +185,72 @@ def plan(
     missing = [m for m in models if m not in tags]
     if missing:
         raise ValueError(f"no Bento model tag for: {', '.join(missing)}")
-    host = settings.serve_host
-    base_env = service_env(settings)
     launches: list[Launch] = []
-    gateway_env = dict(base_env)
     if topology == "micro":
-        backends = {}
         for name in models:
             port = model_port(settings.model_port_base, name)
-            launch = Launch(
-                name=name,
-                command=serve_command(MODEL_SERVICE, host, port),
-                host=host,
-                port=port,
-                # workers come from the spec, read by the service's own decorator
-                env={**base_env, **model_env(name, tags[name])},
-                meta={"tag": tags[name]},
-                cwd=REPO_ROOT,
-                port_hint="--model-port-base or FLEET_MODEL_PORT_BASE",
-            )
-            launches.append(launch)
-            backends[name] = launch.url
-        # the file is how a rolling update re-points the running gateway (see update_micro)
+            launches.append(model_launch(settings, name, tags[name], port))
+        backends = {launch.name: launch.url for launch in launches}
+        # the file is how a rolling update re-points the running gateway (see update)
         files = {backends_file(settings): backends}
-        gateway_env |= {
-            "FLEET_GATEWAY_MODE": "micro",
-            "FLEET_GATEWAY_BACKENDS": json.dumps(backends),
-            BACKENDS_FILE_ENV: str(backends_file(settings)),
-        }
-        gateway_meta = {}
+        gateway = gateway_launch(settings, "micro", backends)
     else:
         served = {name: tags[name] for name in models}
         files = {tags_file(settings): served}
-        gateway_env |= {
+        gateway = gateway_launch(settings, "mono", served)
+    launches.append(gateway)
+    return Plan(topology=topology, models=models, launches=launches, files=files)
+
+
+def model_launch(
+    settings: Settings, name: str, tag: str, port: int, component: str | None = None
+) -> Launch:
+    """One model's service: the template serving ``tag`` on ``port`` (workers: its spec)."""
+    host = settings.serve_host
+    return Launch(
+        name=component or name,
+        command=serve_command(MODEL_SERVICE, host, port),
+        host=host,
+        port=port,
+        env={**service_env(settings), **model_env(name, tag)},
+        meta={"tag": tag},
+        cwd=REPO_ROOT,
+        port_hint="--model-port-base or FLEET_MODEL_PORT_BASE",
+    )
+
+
+def gateway_launch(settings: Settings, topology: str, routes: dict[str, str]) -> Launch:
+    """The gateway: ``routes`` are model URLs (micro) or pinned Bento model tags (mono).
+
+    It re-reads the backends (or tags) file while it runs, so a restart from the file's
+    current content picks up every move made since it first started.
+    """
+    env = dict(service_env(settings))
+    if topology == "micro":
+        env |= {
+            "FLEET_GATEWAY_MODE": "micro",
+            "FLEET_GATEWAY_BACKENDS": json.dumps(routes),
+            BACKENDS_FILE_ENV: str(backends_file(settings)),
+        }
+        meta = {}
+    else:
+        env |= {
             "FLEET_GATEWAY_MODE": "mono",
-            "FLEET_BENTO_MODEL_TAGS": json.dumps(served),
+            "FLEET_BENTO_MODEL_TAGS": json.dumps(routes),
             TAGS_FILE_ENV: str(tags_file(settings)),
         }
-        gateway_meta = {"tags": json.dumps(served)}
-    launches.append(
-        Launch(
-            name=GATEWAY,
-            command=serve_command("bentos.gateway.service:Service", host, settings.gateway_port),
-            host=host,
-            port=settings.gateway_port,
-            env=gateway_env,
-            cwd=REPO_ROOT,
-            port_hint="--gateway-port or FLEET_GATEWAY_PORT",
-            meta=gateway_meta,
-        )
-    )
-    return Plan(topology=topology, models=models, launches=launches, files=files)
+        meta = {"tags": json.dumps(routes)}
+    return Launch(
+        name=GATEWAY,
+        command=serve_command("bentos.gateway.service:Service", settings.serve_host,
+                              settings.gateway_port),
+        host=settings.serve_host,
+        port=settings.gateway_port,
+        env=env,
+        cwd=REPO_ROOT,
+        port_hint="--gateway-port or FLEET_GATEWAY_PORT",
+        meta=meta,
+    )  # fmt: skip
 
 
 def running(settings: Settings) -> list[Running]:
@@ -183,32 +258,84 @@ def running(settings: Settings) -> list[Running]:
     return [r for r in processes.read_pid_files(settings) if processes.is_alive(r)]
 
 
-def start_plan(settings: Settings, plan: Plan, timeout: float = 120.0) -> list[Running]:
+def start_plan(
+    settings: Settings, plan: Plan, timeout: float = 120.0, supervise: bool = True
+) -> list[Running]:
     """Start every launch of ``plan`` and wait until each answers /readyz.
 
     All ports are checked before anything starts. Models start together (their loads
     overlap), the gateway once they are healthy. On any failure everything this call
-    started is stopped again, so a failed start leaves no process behind.
+    started is stopped again, so a failed start leaves no process behind. Then the
+    supervisor (``fleet.supervisor``) watches them, unless ``supervise`` is False.
     """
-    for launch in plan.launches:
-        processes.check_port(launch)
-    for path, data in plan.files.items():
-        write_json(path, data)
-    started: list[Running] = []
-    try:
-        models = [launch for launch in plan.launches if launch.name != GATEWAY]
-        gateway = [launch for launch in plan.launches if launch.name == GATEWAY]
-        for group in (models, gateway):
-            batch = [processes.start(settings, launch, plan.topology) for launch in group]
-            started.extend(batch)
-            deadline = time.monotonic() + timeout
-            for component in batch:
-                processes.wait_healthy(component, max(1.0, deadline - time.monotonic()))
-    except BaseException:
-        for component in reversed(started):
-            processes.stop(settings, component)
-        raise
+    with serving_lock(settings):
+        for launch in plan.launches:
+            processes.check_port(launch)
+        for path, data in plan.files.items():
+            write_json(path, data)
+        started: list[Running] = []
+        try:
+            models = [launch for launch in plan.launches if launch.name != GATEWAY]
+            gateway = [launch for launch in plan.launches if launch.name == GATEWAY]
+            for group in (models, gateway):
+                batch = [processes.start(settings, launch, plan.topology) for launch in group]
+                started.extend(batch)
+                deadline = time.monotonic() + timeout
+                for component in batch:
+                    processes.wait_healthy(component, max(1.0, deadline - time.monotonic()))
+        except BaseException:
+            for component in reversed(started):
+                processes.stop(settings, component)
+            raise
+    if supervise:
+        from fleet import supervisor
+
+        supervisor.ensure_running(settings)
     return started
+
+
+def relaunch(settings: Settings, component: Running) -> Launch:
+    """The launch that starts ``component`` again as it is now: same name and port, the
+    model's pinned tag, the gateway's current backends (or tags) file."""
+    if component.name == GATEWAY:
+        file = backends_file(settings) if component.topology == "micro" else tags_file(settings)
+        try:
+            routes = json.loads(file.read_text())
+        except (OSError, ValueError):
+            routes = json.loads(component.meta.get("tags", "{}"))
+        at_port = settings.model_copy(update={"gateway_port": component.port})
+        return gateway_launch(at_port, component.topology or "micro", routes)
+    model = component.name.split(".")[0]  # "<model>.next" during a reload
+    return model_launch(settings, model, component.meta["tag"], component.port, component.name)
+
+
+def restart(settings: Settings, component: Running, timeout: float = 180.0) -> Running:
+    """Stop whatever is left of ``component`` (its port freed) and start it again there.
+
+    Call under :func:`serving_lock`.
+    """
+    processes.stop(settings, component)
+    try:
+        fresh = processes.start(settings, relaunch(settings, component), component.topology)
+    except processes.ProcessError:
+        processes.write_pid_file(settings, component)  # still ours to bring back
+        raise
+    try:
+        processes.wait_healthy(fresh, timeout)
+    except processes.ProcessError:
+        processes.stop(settings, fresh)
+        processes.write_pid_file(settings, component)
+        raise
+    return fresh
+
+
+def stop_fleet(settings: Settings, grace: float = 15.0) -> list[tuple[Running, bool]]:
+    """Stop the supervisor first (so nothing is restarted), then every component."""
+    from fleet import supervisor
+
+    supervisor.stop(settings)
+    with serving_lock(settings):
+        return processes.stop_all(settings, grace)
 
 
 @dataclass(frozen=True)
@@ -221,19 +348,24 @@ class Swap:
     url: str  # where the new version is served (the gateway's URL in mono)
 
 
-def gateway_metadata(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+def gateway_metadata(
+    url: str, timeout: float = 2.0, headers: dict[str, str] | None = None
+) -> dict[str, Any] | None:
     """The gateway's GET /metadata, or None when it does not answer."""
+    request = urllib.request.Request(url + "/metadata", headers=headers or {})
     try:
-        with urllib.request.urlopen(url + "/metadata", timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
 
 
-def _wait_gateway(gateway: Running, model: str, key: str, value: str, timeout: float) -> None:
+def _wait_gateway(
+    settings: Settings, gateway: Running, model: str, key: str, value: str, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        meta = gateway_metadata(gateway.url) or {}
+        meta = gateway_metadata(gateway.url, headers=settings.auth_headers()) or {}
         if str(meta.get("backends", {}).get(model, {}).get(key)) == value:
             return
         time.sleep(0.2)
@@ -263,6 +395,12 @@ def served_models(settings: Settings) -> list[str]:
 def update(
     settings: Settings, tags: dict[str, str], timeout: float = 120.0, grace: float = 15.0
 ) -> list[Swap]:
+    """Move the running fleet to ``tags``, under the serving lock (see :func:`_update`)."""
+    with serving_lock(settings):
+        return _update(settings, tags, timeout, grace)
+
+
+def _update(settings: Settings, tags: dict[str, str], timeout: float, grace: float) -> list[Swap]:
     """Move the running fleet to ``tags`` without failing requests; the models moved.
 
     micro, per model whose pinned tag differs: start the new version on a free port,
@@ -283,22 +421,14 @@ def update(
         if new_tag is None or old.meta.get("tag") == new_tag:
             continue
         port = processes.free_port(settings.serve_host)
-        launch = Launch(
-            name=f"{name}.next",
-            command=serve_command(MODEL_SERVICE, settings.serve_host, port),
-            host=settings.serve_host,
-            port=port,
-            env={**service_env(settings), **model_env(name, new_tag)},
-            cwd=REPO_ROOT,
-            meta={"tag": new_tag},
-        )
+        launch = model_launch(settings, name, new_tag, port, component=f"{name}.next")
         new = processes.start(settings, launch, "micro")
         path = backends_file(settings)
         backends = json.loads(path.read_text()) if path.exists() else {}
         try:
             processes.wait_healthy(new, timeout)
             write_json(path, {**backends, name: new.url})
-            _wait_gateway(gateway, name, "url", new.url, timeout=10)
+            _wait_gateway(settings, gateway, name, "url", new.url, timeout=10)
         except BaseException:
             write_json(path, {**backends, name: old.url})
             processes.stop(settings, new)
@@ -322,7 +452,7 @@ def _update_mono(
     write_json(tags_file(settings), wanted)
     try:
         for name in changed:
-            _wait_gateway(gateway, name, "tag", wanted[name], timeout)
+            _wait_gateway(settings, gateway, name, "tag", wanted[name], timeout)
     except BaseException:
         write_json(tags_file(settings), served)
         raise
@@ -333,6 +463,21 @@ def _update_mono(
 
 
 # --- the whole step on the current champions, for the CLI, `fleet up` and the replay ---
+
+
+class Exposed(processes.ProcessError):
+    """A non-loopback bind was asked for without the authentication it needs."""
+
+
+def refuse_exposure(settings: Settings, stack: bool = False) -> None:
+    """Refuse to bind beyond loopback without authentication; the message says what to set."""
+    missing = settings.exposure_problems(stack)
+    if missing:
+        raise Exposed(
+            f"FLEET_SERVE_HOST={settings.serve_host} would expose the fleet without "
+            f"authentication; set {', '.join(missing)} (docs/operations.md, Security), "
+            "or serve on 127.0.0.1"
+        )
 
 
 class NoChampion(processes.ProcessError):
@@ -352,6 +497,7 @@ def start_fleet(
     """
     if topology not in TOPOLOGIES:
         raise ValueError(f"unknown topology {topology!r}; choose one of: {', '.join(TOPOLOGIES)}")
+    refuse_exposure(settings)
     models = resolve_models(names)
     wanted = set(models) | {GATEWAY} if topology == "micro" else {GATEWAY}
     already = running(settings)
@@ -374,9 +520,63 @@ def start_fleet(
     return start_plan(settings, fleet_plan, timeout=timeout), True
 
 
-def reload_champions(settings: Settings, timeout: float = 180.0) -> list[Swap]:
-    """Move the running fleet to each served model's current @champion, no downtime."""
+def reload_champions(
+    settings: Settings, timeout: float = 180.0, models: list[str] | None = None
+) -> list[Swap]:
+    """Move the running fleet to the current @champion of ``models`` (default: every
+    served model), no downtime; a model whose champion did not change is not touched.
+
+    The champions are read under the serving lock: of two reloads at once, the second
+    sees what the first left and moves only what is still behind.
+    """
     from bentos.store import import_champion
 
-    tags = {name: import_champion(settings, name) for name in served_models(settings)}
-    return update(settings, tags, timeout=timeout)
+    with serving_lock(settings):
+        served = served_models(settings)
+        wanted = [m for m in served if models is None or m in models]
+        tags = {name: import_champion(settings, name) for name in wanted}
+        return update(settings, tags, timeout=timeout)
+
+
+def component_report(settings: Settings, timeout: float = 1.0) -> list[dict[str, Any]]:
+    """Every recorded serving component as ``fleet status`` shows it, dead ones too.
+
+    ``state``: healthy, unhealthy, dead (its process is gone), orphaned (gone, but
+    processes of it still hold its port), or gave up (the supervisor stopped trying).
+    """
+    from fleet import supervisor
+
+    watched = supervisor.read_state(settings)
+    rows = []
+    for s in processes.status(settings, timeout):
+        r = s.running
+        watch = watched.get(r.name, {})
+        if watch.get("gave_up"):
+            state = "gave up"
+        elif s.healthy:
+            state = "healthy"
+        elif s.alive:
+            state = "unhealthy"
+        else:
+            state = "orphaned" if s.orphans else "dead"
+        tag = r.meta.get("tag", "")
+        rows.append(
+            {
+                "name": r.name,
+                "url": r.url,
+                "pid": r.pid,
+                "healthy": s.healthy,
+                "alive": s.alive,
+                "state": state,
+                "version": tag.split(":v")[-1] if tag else _mono_versions(r),
+                "orphans": list(s.orphans),
+                "restarts": len(watch.get("restarts", [])),
+                "detail": watch.get("gave_up") or watch.get("last_reason", ""),
+            }
+        )
+    return rows
+
+
+def _mono_versions(gateway: Running) -> str:
+    tags = json.loads(gateway.meta.get("tags", "{}"))
+    return ", ".join(f"{m} v{t.split(':v')[-1]}" for m, t in tags.items())

@@ -10,13 +10,12 @@ so the loop still closes.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from fleet.settings import get_settings, prepare_environment
+from fleet.settings import Settings, get_settings, prepare_environment
 from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
 
@@ -53,28 +52,43 @@ def event_payload(summary: DriftSummary, decision: TriggerDecision) -> dict[str,
         "rows": summary.rows_current,
         "rows_labelled": summary.rows_labelled,
         "report_path": summary.report_path,
+        "firing": decision.firing or "",
     }
 
 
-def emit_drift_event(summary: DriftSummary, decision: TriggerDecision) -> None:
-    """``fleet.model.drift-detected`` on ``fleet.model.<name>``, payload from the job."""
+# who retrains a firing: the deployment trigger (prefect.yaml matches this label) or the
+# process that emitted the event itself (the replay, a command without a server)
+RETRAIN_LABEL = "fleet.retrain"
+
+
+def emit_drift_event(
+    summary: DriftSummary, decision: TriggerDecision, retrain: str = "automation"
+) -> None:
+    """``fleet.model.drift-detected`` on ``fleet.model.<name>``, payload from the job.
+
+    ``retrain``: ``automation`` (the ``retrain`` deployment's trigger starts the run) or
+    ``inline`` (recorded for the timeline; the emitter retrains itself).
+    """
     from prefect.events import emit_event
 
-    emit_event(
+    sent = emit_event(
         event=EVENT,
         resource={
             "prefect.resource.id": resource_id(summary.model),
             "prefect.resource.name": summary.model,
+            RETRAIN_LABEL: retrain,
         },
         payload=event_payload(summary, decision),
     )
+    if sent is None:
+        raise RuntimeError(f"{EVENT} for {summary.model} was not emitted (no events client)")
 
 
 def temporary_mode() -> bool:
-    """True when no Prefect server is configured (flows run on a temporary one)."""
-    from prefect.settings import PREFECT_API_URL
+    """True when no Prefect server runs automations for this run (``fleet.prefect_api``)."""
+    from fleet.prefect_api import temporary
 
-    return not (os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value())
+    return temporary()
 
 
 def artifact_markdown(summary: DriftSummary, decision: TriggerDecision, index: str) -> str:
@@ -124,13 +138,34 @@ def monitor_flow(model: str, start: str | None = None, end: str | None = None) -
     )
     outcome = MonitorOutcome(summary, decision)
     if decision.fire:
-        emit_drift_event(summary, decision)
-        outcome.event_emitted = True
-        logger.info("emitted %s for %s", EVENT, resource_id(model))
-        if temporary_mode():
+        inline = temporary_mode()  # no server, so no automation: the loop closes here
+        try:
+            emit_drift_event(summary, decision, "inline" if inline else "automation")
+        except Exception:
+            if not inline:  # nobody will handle the firing: the next monitor fires again
+                _release(settings, model, decision.firing)
+                raise
+            logger.warning("the drift event was not recorded; retraining anyway")
+        else:
+            outcome.event_emitted = True
+            logger.info("emitted %s for %s", EVENT, resource_id(model))
+        if inline:
             from flows.retrain import retrain_flow
 
             logger.info("temporary mode: no server to run automations; retraining here")
-            outcome.retrain = retrain_flow(model=model, reason=decision.reason)
+            outcome.retrain = retrain_flow(
+                model=model, reason=decision.reason, firing=decision.firing or ""
+            )
             logger.info("retrain: %s (%s)", outcome.retrain.status, outcome.retrain.message)
     return outcome
+
+
+def _release(settings: Settings, model: str, firing: str | None) -> None:
+    from monitoring.claims import Claims
+
+    if firing:
+        claims = Claims(settings.state_db_url).create()
+        try:
+            claims.release(model, firing)
+        finally:
+            claims.dispose()

@@ -14,7 +14,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fleet import processes, topology
+from fleet import topology
 from fleet.replay import Replay, ReplayConfig, ReplayError
 from fleet.settings import get_settings, prepare_environment
 from flows.etl import etl_flow
@@ -69,8 +69,16 @@ def replay_flow(
         futures = [train_model.submit(settings, name, until) for name in config.models]
         return [f.result() for f in futures]
 
-    def retrain(model: str, until: date, reason: str) -> Any:
-        return retrain_flow(model=model, until=until.isoformat(), reason=reason)
+    def retrain(model: str, until: date, reason: str, firing: str) -> Any:
+        return retrain_flow(model=model, until=until.isoformat(), reason=reason, firing=firing)
+
+    def on_fire(summary: Any, decision: Any) -> None:
+        # the replay retrains in-line (it waits for the result): the event is for the
+        # record, and labelled so that the `retrain` deployment's trigger leaves it alone
+        try:
+            emit_drift_event(summary, decision, retrain="inline")
+        except RuntimeError as exc:
+            logger.warning("%s", exc)
 
     replay = Replay(
         settings=settings,
@@ -79,7 +87,7 @@ def replay_flow(
         train_all=train_all,
         retrain=retrain,
         log=logger.info,
-        on_fire=emit_drift_event,
+        on_fire=on_fire,
     )
     replay.bootstrap()
     logger.info("serving the fleet (%s) for the replay's traffic", config.topology)
@@ -91,7 +99,7 @@ def replay_flow(
             logger.info(week_line(week))
     finally:
         if started_here:
-            processes.stop_all(settings)
+            topology.stop_fleet(settings)
     summary = replay.summary()
     paths = write_reports(settings, summary)
     _artifact(summary, paths)

@@ -2,16 +2,21 @@
 
 Started by a drift monitor (through the deployment trigger on
 ``fleet.model.drift-detected``, or directly in temporary mode), by the replay, or by
-hand. At most one retraining per model runs at a time: the flow holds the Prefect
-global concurrency limit ``retrain-<model>`` (limit 1, created explicitly, because
-``concurrency()`` silently skips a limit that does not exist unless ``strict``). A
-retraining that finds the slot taken does not queue behind it: the running one already
-trains on the newest labels, so the second ends as ``skipped``. (Two that start at the
-same instant both see a free slot; the limit then runs them one after the other.)
+hand (``fleet retrain``). Guarantees, whatever process starts it:
+
+- **one at a time per model, for real**: training holds the lease ``train-<model>`` in
+  the fleet's state database (``fleet.locks``), which every process reaches; a
+  retraining that finds it held ends as ``skipped`` (the running one already trains on
+  the newest labels);
+- **at least once per firing, once only**: a run started for a firing (``firing``, the
+  id the monitor claimed, ``monitoring.claims``) first accepts it: a firing already
+  taken by another run is skipped, and a retraining that fails hands the cooldown back
+  so the next firing retrains.
 
 Challenger and champion are scored on the same most recent holdout by the champion
-gate of ``fleet.registry``; when the champion moves and the fleet is being served, the
-serving side moves to it without downtime (``fleet.topology.reload_champions``).
+gate of ``fleet.registry`` (itself serialised per model); when the champion moves and
+the model is being served here, serving moves to it without downtime
+(``fleet.topology.reload_champions``, that model only).
 """
 
 from __future__ import annotations
@@ -19,37 +24,12 @@ from __future__ import annotations
 from datetime import date
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 
 from fleet import pipeline
-from fleet.catalog import get_model, model_names
+from fleet.catalog import get_model
 from fleet.pipeline import ModelOutcome
 from fleet.settings import Settings, get_settings, prepare_environment
 from flows.train import train_model
-
-
-def limit_name(model: str) -> str:
-    return f"retrain-{model}"
-
-
-def ensure_concurrency_limits(models: list[str] | None = None) -> list[str]:
-    """Create (or reset to 1) the per-model retraining limits on the Prefect API."""
-    from prefect.client.orchestration import get_client
-
-    names = [limit_name(get_model(m).name) for m in (models or model_names())]
-    with get_client(sync_client=True) as client:
-        for name in names:
-            client.upsert_global_concurrency_limit_by_name(name, limit=1)
-    return names
-
-
-def retraining_running(model: str) -> bool:
-    """Whether the model's retraining slot is taken right now."""
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(limit_name(model))
-    return limit.active_slots >= limit.limit
 
 
 def reload_serving(settings: Settings, model: str) -> str:
@@ -63,46 +43,59 @@ def reload_serving(settings: Settings, model: str) -> str:
     if model not in served:
         return "not served here"
     try:
-        swaps = topology.reload_champions(settings)
+        swaps = topology.reload_champions(settings, models=[model])
     except processes.ProcessError as exc:
         return f"serving kept the previous version: {exc}"
     moved = [s for s in swaps if s.model == model]
     return f"serving moved to {moved[0].new_tag}" if moved else "serving already current"
 
 
+def _skipped(spec_name: str, metric: str, message: str) -> ModelOutcome:
+    return ModelOutcome(model=spec_name, status="skipped", metric=metric, message=message)
+
+
 @flow(name="retrain", flow_run_name="retrain-{model}")
 def retrain_flow(
-    model: str, until: str | None = None, reason: str = "", wait_s: float = 600.0
+    model: str, until: str | None = None, reason: str = "", firing: str = ""
 ) -> ModelOutcome:
     """Retrain ``model`` on the window ending at ``until`` (default: the latest labels).
 
-    Ends as ``skipped`` when another retraining of the model is running, or when the
-    slot is still taken after ``wait_s`` seconds.
+    ``firing``: the monitor's claimed firing this run handles (empty: a retraining by
+    hand). Ends as ``skipped`` when the firing was already handled, or when another
+    retraining of the model is running.
     """
+    from monitoring.claims import Claims
+
     settings = get_settings()
     prepare_environment(settings)
     logger = get_run_logger()
     spec = get_model(model)
-    end = date.fromisoformat(until) if until else pipeline.default_until(settings, spec)
-    logger.info("retraining %s up to %s%s", spec.name, end, f" ({reason})" if reason else "")
-    ensure_concurrency_limits([spec.name])
-    skipped = ModelOutcome(
-        model=spec.name,
-        status="skipped",
-        metric=spec.promotion.metric,
-        message=f"another retraining of {spec.name} is running; this one is skipped",
-    )
-    if retraining_running(spec.name):
-        logger.warning(skipped.message)
-        return skipped
+    metric = spec.promotion.metric
+    claims = Claims(settings.state_db_url).create() if firing else None
     try:
-        with concurrency(limit_name(spec.name), occupy=1, timeout_seconds=wait_s, strict=True):
-            outcome = train_model(settings, spec.name, end)
-            if outcome.status == "promoted":
-                note = reload_serving(settings, spec.name)
-                outcome.message = f"{outcome.message}; {note}" if outcome.message else note
-    except TimeoutError:
-        logger.warning(skipped.message)
-        return skipped
+        if claims is not None and not claims.accept(spec.name, firing):
+            outcome = _skipped(spec.name, metric, f"firing {firing} was already handled")
+            logger.warning(outcome.message)
+            return outcome
+        try:
+            end = date.fromisoformat(until) if until else pipeline.default_until(settings, spec)
+        except ValueError as exc:  # no labels yet: a failed retraining, said so
+            outcome = pipeline.failed(spec, exc)
+        else:
+            logger.info(
+                "retraining %s up to %s%s", spec.name, end, f" ({reason})" if reason else ""
+            )
+            outcome = train_model(settings, spec.name, end, wait_s=0.0)
+        if outcome.status == "skipped":
+            outcome.message = f"another retraining of {spec.name} is running: {outcome.message}"
+        if outcome.status == "failed" and claims is not None:
+            claims.fail(spec.name, firing)  # the next firing retrains
+            outcome.message += "; the cooldown is handed back, the next firing retrains"
+        if outcome.status == "promoted":
+            note = reload_serving(settings, spec.name)
+            outcome.message = f"{outcome.message}; {note}" if outcome.message else note
+    finally:
+        if claims is not None:
+            claims.dispose()
     logger.info("%s: %s (%s)", spec.name, outcome.status, outcome.message)
     return outcome

@@ -20,29 +20,12 @@ from flows.etl import etl_flow
 
 
 @task(cache_policy=NO_CACHE, task_run_name="train-{model}")
-def train_model(settings: Settings, model: str, until: date) -> ModelOutcome:
-    """Gate the window, then train, register and run the champion gate for one model."""
-    from fleet import registry
-
-    logger = get_run_logger()
-    spec = get_model(model)
-    window = training.training_window(spec, until)
-    try:
-        frame, partitions = pipeline.read_window(settings, spec, window)
-        checked = pipeline.gate(settings, spec, window, partitions)
-        logger.info(
-            "%s: window %s passed the gate (%d of %d partitions needed validation)",
-            model, window, checked, len(partitions),
-        )  # fmt: skip
-        result = pipeline.outcome_of(registry.train_and_promote(settings, spec, until, frame=frame))
-    except Exception as exc:  # one model's failure is its row in the table, not the run's end
-        logger.error("%s failed: %s", model, exc)
-        return pipeline.failed(spec, exc)
-    logger.info(
-        "%s: version %s %s (%s %.4f)", model, result.version, result.status, result.metric,
-        result.candidate_score,
-    )  # fmt: skip
-    return result
+def train_model(
+    settings: Settings, model: str, until: date, wait_s: float = pipeline.TRAIN_WAIT_S
+) -> ModelOutcome:
+    """Gate the window, then train, register and run the champion gate for one model
+    (``fleet.pipeline.train_one``: one training of a model at a time, anywhere)."""
+    return pipeline.train_one(settings, get_model(model), until, wait_s, get_run_logger().info)
 
 
 @flow(name="train", task_runner=ThreadPoolTaskRunner(max_workers=2))

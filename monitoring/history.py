@@ -1,25 +1,21 @@
-"""Monitor history in the predictions database: every run, and the per-model trigger claim.
+"""Monitor history in the fleet's state database: one row per drift job.
 
-``monitor_runs`` holds one row per drift job (summary, decision, report path); the index
-page is rendered from it. ``monitor_triggers`` holds one row per model with the last
-time a monitor fired. Firing goes through :meth:`MonitorHistory.claim`, a single
-conditional ``UPDATE ... WHERE last_fired_at IS NULL OR last_fired_at <= now - cooldown``:
-of two monitors deciding at once, exactly one sees its update match a row. SQLite
-serialises writers; PostgreSQL makes the second ``UPDATE`` wait for the first's row lock
-and then re-checks the condition against the committed row (READ COMMITTED).
+``monitor_runs`` holds each job's summary, decision and report path; the index page is
+rendered from it. The trigger claims (one firing per cooldown, at least once) are
+``monitoring/claims.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fleet.predictions import as_utc, utcnow
-from fleet.results import JSONType, insert_missing, make_engine
+from fleet.results import JSONType, make_engine
 from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
 
@@ -50,15 +46,6 @@ class MonitorRunRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text)
     report_path: Mapped[str] = mapped_column(sa.Text)
     summary: Mapped[dict[str, Any]] = mapped_column(JSONType)
-
-
-class TriggerRow(Base):
-    __tablename__ = "monitor_triggers"
-
-    model: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    last_fired_at: Mapped[datetime | None] = mapped_column(
-        sa.DateTime(timezone=True), nullable=True
-    )
 
 
 @dataclass(frozen=True)
@@ -105,33 +92,6 @@ class MonitorHistory:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-    def last_fired(self, model: str) -> datetime | None:
-        query = sa.select(TriggerRow.last_fired_at).where(TriggerRow.model == model)
-        with self.engine.connect() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        return None if value is None else as_utc(value)
-
-    def claim(self, model: str, now: datetime, cooldown: timedelta) -> bool:
-        """Record a firing at ``now`` unless one happened within ``cooldown``; atomic."""
-        now = as_utc(now)
-        self._ensure_row(model)
-        query = (
-            sa.update(TriggerRow)
-            .where(
-                TriggerRow.model == model,
-                sa.or_(
-                    TriggerRow.last_fired_at.is_(None),
-                    TriggerRow.last_fired_at <= now - cooldown,
-                ),
-            )
-            .values(last_fired_at=now)
-        )
-        with self.engine.begin() as conn:
-            return conn.execute(query).rowcount == 1
-
-    def _ensure_row(self, model: str) -> None:
-        insert_missing(self.engine, TriggerRow, {"model": model, "last_fired_at": None}, "model")
 
     def record(self, summary: DriftSummary, decision: TriggerDecision, decided_at: datetime) -> int:
         """Store one run; returns its id."""

@@ -7,6 +7,7 @@ would cost about a second each.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from fleet.catalog import get_model
 from fleet.predictions import as_utc
 from fleet.settings import Settings
 from monitoring import drift, frames, index, policy
+from monitoring.claims import Claims
 from monitoring.frames import MonitorError
 from monitoring.history import MonitorHistory
 from monitoring.policy import TriggerDecision
@@ -119,7 +121,8 @@ def run_monitor(
         summary.column_scores = {c.column: round(c.score, 6) for c in measured.columns}
         summary.seconds = measured.seconds
 
-    history = MonitorHistory(settings.predictions_db_url).create()
+    history = MonitorHistory(settings.state_db_url).create()
+    claims = Claims(settings.state_db_url).create()
     try:
         decision = policy.decide(
             spec.drift,
@@ -129,21 +132,25 @@ def run_monitor(
             drift_share=summary.drift_share,
             quality=summary.quality,
             champion_score=summary.champion_score,
-            last_fired=history.last_fired(model),
+            last_fired=claims.last_fired(model),
             now=now,
         )
         cooldown = timedelta(days=spec.drift.cooldown_days)
-        if decision.fire and not history.claim(model, now, cooldown):
+        firing = claims.claim(model, now, cooldown) if decision.fire else None
+        if decision.fire and firing is None:
             decision = TriggerDecision(
                 False,
-                f"{decision.reason}, but another monitor fired within the cooldown",
+                f"{decision.reason}, but another firing is pending or inside the cooldown",
                 decision.drift,
                 decision.quality_drop,
             )
+        elif firing is not None:
+            decision = dataclasses.replace(decision, firing=firing)
         history.record(summary, decision, now)
         index.write_index(history.runs(), index_path(settings))
     finally:
         history.dispose()
+        claims.dispose()
     return summary, decision
 
 

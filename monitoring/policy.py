@@ -24,6 +24,7 @@ class TriggerDecision:
     reason: str
     drift: bool = False  # the drift rule held
     quality_drop: float | None = None  # champion score minus window score, signed "worse"
+    firing: str | None = None  # the claimed firing's id (monitoring.claims), when it fires
 
     @property
     def label(self) -> str:

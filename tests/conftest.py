@@ -126,3 +126,17 @@ def serving_state(
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         state = build_serving_state(root, dataset_tables)
     yield state
+
+
+# fixtures that start real servers or need the PostgreSQL server: their tests are marked
+# so `-m "not integration"` / `-m "not postgres"` select what they say
+SERVER_FIXTURES = {"prefect_server", "serving_state", "local_stack", "served_fleet", "fleet"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if "postgres_url" in used:
+            item.add_marker(pytest.mark.postgres)
+        if used & SERVER_FIXTURES:
+            item.add_marker(pytest.mark.integration)

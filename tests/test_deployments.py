@@ -36,8 +36,13 @@ def test_deployments_cover_the_lifecycle() -> None:
     (trigger,) = retrain["triggers"]
     assert trigger["type"] == "event"
     assert trigger["expect"] == ["fleet.model.drift-detected"]
-    assert trigger["match"] == {"prefect.resource.id": "fleet.model.*"}
+    # only events whose emitter leaves the retrain to the automation (not the replay's)
+    assert trigger["match"] == {
+        "prefect.resource.id": "fleet.model.*",
+        "fleet.retrain": "automation",
+    }
     assert trigger["parameters"]["model"] == "{{ event.payload.model }}"
+    assert trigger["parameters"]["firing"] == "{{ event.payload.firing }}"
     assert "schedules" not in by_name["replay"]  # started by hand
     local = deps.local_deployments()
     assert "train-fleet-kubernetes" not in local

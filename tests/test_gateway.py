@@ -24,7 +24,7 @@ from fleet import serving
 from fleet.catalog import get_model, models
 from fleet.predictions import PredictionLog
 from fleet.results import ResultStore
-from fleet.settings import TELEMETRY_OFF
+from fleet.settings import TELEMETRY_OFF, Settings
 from tests.serving_fixtures import (
     BentoProcess,
     ServiceProcess,
@@ -37,10 +37,8 @@ MODELS = models()
 
 pytestmark = pytest.mark.integration
 
-# FLEET_MODEL_TIMEOUT_S of the test gateways: above the default 2 s because the load
-# check is about correctness (no dropped requests), and on a busy 2-core machine a
-# one-worker model service queueing 32 requests can take longer than 2 s
-TIMEOUT_S = 8.0
+# the gateways run with the shipped per-model time budget
+TIMEOUT_S = Settings.model_fields["model_timeout_s"].default
 # generous: on a loaded 2-core machine five BentoML servers take a while to import
 STARTUP_S = 240
 FLIGHT_MODELS = {"flight_delay", "arrival_delay"}

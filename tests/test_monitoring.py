@@ -1,10 +1,9 @@
 """Drift monitoring: the Evidently job on real shifted and unshifted flights, the trigger
-policy, the atomic trigger claim, the report index and `fleet monitor` end to end."""
+policy, the report index and `fleet monitor` end to end."""
 
 from __future__ import annotations
 
 import dataclasses
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -191,42 +190,6 @@ def test_policy_rules() -> None:
                          champion_score=11.9, last_fired=None, now=T0)  # fmt: skip
     assert up.fire and up.quality_drop == pytest.approx(0.1)
     assert not down.fire and down.quality_drop == pytest.approx(-3.9)
-
-
-# --- the claim: one firing per cooldown, whatever runs at once ---------------------------
-
-
-def _race_claims(url: str, threads: int = 8) -> list[bool]:
-    history = MonitorHistory(url).create()
-    barrier = threading.Barrier(threads)
-
-    def claim(_: int) -> bool:
-        mine = MonitorHistory(url)  # its own engine and connections, like another monitor
-        try:
-            barrier.wait()
-            return mine.claim("flight_delay", T0, timedelta(days=14))
-        finally:
-            mine.dispose()
-
-    with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(claim, range(threads)))
-    # inside the cooldown nothing more; after it, once again
-    assert not history.claim("flight_delay", T0 + timedelta(days=13), timedelta(days=14))
-    assert history.claim("flight_delay", T0 + timedelta(days=14), timedelta(days=14))
-    assert history.last_fired("flight_delay") == T0 + timedelta(days=14)
-    assert history.claim("review_sentiment", T0, timedelta(days=14))  # per model
-    history.dispose()
-    return results
-
-
-def test_concurrent_claims_fire_once_on_sqlite(tmp_path: Path) -> None:
-    results = _race_claims(f"sqlite:///{tmp_path / 'predictions.db'}")
-    assert sorted(results) == [False] * 7 + [True]
-
-
-def test_concurrent_claims_fire_once_on_postgresql(postgres_url: str) -> None:
-    results = _race_claims(postgres_url)
-    assert sorted(results) == [False] * 7 + [True]
 
 
 # --- a trained state: reports, history, index, the flow and the CLI ----------------------

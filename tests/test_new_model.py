@@ -104,7 +104,7 @@ def test_a_model_added_by_one_spec_trains_builds_serves_and_is_monitored(
             )
             assert answer["results"][name]["version"] == "1", answer
     finally:
-        processes.stop_all(settings)
+        topology.stop_fleet(settings)
 
     monitored = invoke("monitor", name, "--start", "2013-02-05", "--end", "2013-02-07")
     assert monitored.exit_code == 0, monitored.output

@@ -28,10 +28,15 @@ def test_registry_on_postgresql(
     for day, frame in parts.items():
         lake.write_partition(pg.lake_dir, spec.dataset.name, day, frame)
 
-    first = registry.train_and_promote(pg, spec, date(2013, 2, 1))
+    # one week of training, then seven on the same holdout week: a clearly better model
+    weak = spec.model_copy(update={"train_weeks": 2})
+    first = registry.train_and_promote(pg, weak, date(2013, 2, 1))
     assert first.decision.promoted
-    second = registry.train_and_promote(pg, spec, date(2013, 2, 1))
+    second = registry.train_and_promote(
+        pg, spec.model_copy(update={"train_weeks": 4}), date(2013, 2, 1)
+    )
     assert second.candidate.version == 2
+    assert second.decision.promoted, second.decision.reason
     champion = registry.champion_info(pg, spec.name)
     assert champion is not None
     assert champion.window.end == date(2013, 2, 1)
@@ -46,6 +51,5 @@ def test_registry_on_postgresql(
     assert versions == 2
     assert not (pg.mlflow_dir / "mlflow.db").exists()
 
-    if second.decision.promoted:
-        assert registry.rollback(pg, spec.name) == (2, 1)
+    assert registry.rollback(pg, spec.name) == (2, 1)
     assert registry.champion_info(pg, spec.name).version == 1

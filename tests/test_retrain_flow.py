@@ -1,7 +1,7 @@
 """The retrain flow for real: temporary Prefect server, MLflow on SQLite, real flights.
 
 It trains on the window ending at the newest labelled day in the lake, and a second
-retraining of the same model while one holds the ``retrain-<model>`` slot is skipped.
+retraining of the same model while another process holds its training lease is skipped.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from datetime import date
 
 import pandas as pd
 import pytest
-from prefect.concurrency.sync import concurrency
 
-from fleet import registry
+from fleet import locks, registry
 from fleet.settings import Settings
-from flows.retrain import ensure_concurrency_limits, limit_name, retrain_flow
+from flows.retrain import retrain_flow
 from tests.serving_fixtures import fill_lake
 
 pytestmark = pytest.mark.integration
@@ -35,8 +34,7 @@ def test_retrain_uses_latest_labels_and_runs_one_at_a_time(
     # default ``until``: the day after the newest partition, so the window ends Feb 25
     assert champion.window.days == (date(2013, 1, 1), date(2013, 2, 25))
 
-    assert limit_name("flight_delay") in ensure_concurrency_limits(["flight_delay"])
-    with concurrency(limit_name("flight_delay"), occupy=1, strict=True):
+    with locks.hold(settings.state_db_url, "train-flight_delay", note="another retraining"):
         blocked = retrain_flow(model="flight_delay")
     assert blocked.status == "skipped", blocked.message
     assert "another retraining of flight_delay is running" in blocked.message

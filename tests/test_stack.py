@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -152,14 +152,14 @@ def test_deployments_carry_their_schedules(local_stack: Stack) -> None:
     expected = {d["name"]: d for d in deployments() if d["work_pool"]["name"] == "fleet"}
     with stack.prefect_client_settings(local_stack.settings), _client(local_stack) as client:
         found = {d.name: d for d in client.read_deployments()}
-        limit = client.read_global_concurrency_limit_by_name(f"retrain-{MODEL}")
     assert set(found) == set(expected)
     for name, entry in expected.items():
         crons = [s.schedule.cron for s in found[name].schedules]
         assert crons == [s["cron"] for s in entry.get("schedules", [])], name
         assert found[name].work_pool_name == "fleet"
+    # per-model deployments come from the catalog, every model of it
     assert found["train-arrival_delay"].parameters == {"models": ["arrival_delay"]}
-    assert limit.limit == 1  # one retraining of a model at a time
+    assert found["monitor-visibility"].parameters == {"model": "visibility"}
 
 
 def test_a_broken_parameter_is_refused_by_the_server(local_stack: Stack, tmp_path: Path) -> None:
@@ -180,35 +180,63 @@ def test_a_broken_parameter_is_refused_by_the_server(local_stack: Stack, tmp_pat
     assert "until" in str(failed.value), failed.value
 
 
-def test_drift_event_starts_a_retraining(local_stack: Stack) -> None:
-    settings = local_stack.settings
-    before = len(registry.client(settings).search_model_versions(f"name='{MODEL}'"))
-    # what the monitor job emits on drift, from a process of its own like a monitor run
+def _retrain_runs(local_stack: Stack) -> list:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    with stack.prefect_client_settings(local_stack.settings), _client(local_stack) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retrain"]))
+        )
+
+
+def _emit(local_stack: Stack, firing: str, retrain: str = "automation") -> None:
+    """The monitor's event, from a process of its own as a monitor run would send it."""
     emit = (
         "from prefect.events import emit_event\n"
         f"emit_event(event='fleet.model.drift-detected', resource={{'prefect.resource.id': "
-        f"'fleet.model.{MODEL}'}}, payload={{'model': '{MODEL}', 'reason': 'test drift'}})\n"
+        f"'fleet.model.{MODEL}', 'fleet.retrain': '{retrain}'}}, payload={{'model': "
+        f"'{MODEL}', 'reason': 'test drift', 'firing': '{firing}'}})\n"
     )
-    env = local_stack.env | {"PREFECT_API_URL": stack.prefect_api_url(settings)}
+    env = local_stack.env | {"PREFECT_API_URL": stack.prefect_api_url(local_stack.settings)}
     done = subprocess.run([sys.executable, "-c", emit], env=env, capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
-    deadline = time.monotonic() + 400
-    run = None
-    with stack.prefect_client_settings(settings), _client(local_stack) as client:
-        while time.monotonic() < deadline:
-            runs = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["retrain"]))
-            )
-            run = runs[0] if runs else None
-            if run is not None and run.state is not None and run.state.is_final():
-                break
-            time.sleep(2)
-    assert run is not None, "the drift event started no retraining run"
+
+def _next_run(local_stack: Stack, known: int, timeout: float = 400):
+    """The next retrain run the trigger starts (after ``known`` runs), once it ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = _retrain_runs(local_stack)
+        if len(runs) > known and all(r.state and r.state.is_final() for r in runs):
+            return max(runs, key=lambda r: r.created)
+        time.sleep(2)
+    raise AssertionError("the drift event started no retraining run")
+
+
+def test_one_retraining_per_firing_through_the_trigger(local_stack: Stack) -> None:
+    from prefect.client.schemas.objects import FlowRun
+
+    from monitoring.claims import Claims
+
+    settings = local_stack.settings
+    before = len(registry.client(settings).search_model_versions(f"name='{MODEL}'"))
+    claims = Claims(settings.state_db_url).create()
+    firing = claims.claim(MODEL, datetime(2013, 4, 1, tzinfo=UTC), timedelta(days=14))
+    claims.dispose()
+    _emit(local_stack, firing)
+    run: FlowRun = _next_run(local_stack, 0)
     worker_log = Path(processes.log_path(settings, stack.WORKER, stack.STACK)).read_text()
     assert run.state.is_completed(), f"{run.state}\n{worker_log[-4000:]}"
-    assert run.parameters["model"] == MODEL
+    assert run.parameters["model"] == MODEL and run.parameters["firing"] == firing
     assert run.parameters["reason"] == "drift detected: test drift"
     after = len(registry.client(settings).search_model_versions(f"name='{MODEL}'"))
     assert after == before + 1  # the retraining registered a new version
+    # the same firing again (an event delivered twice): a run, which trains nothing
+    _emit(local_stack, firing)
+    again = _next_run(local_stack, 1)
+    assert again.state.is_completed()
+    assert len(registry.client(settings).search_model_versions(f"name='{MODEL}'")) == after
+    # an event its emitter retrains for itself (the replay) starts no run
+    _emit(local_stack, "inline-firing", retrain="inline")
+    time.sleep(20)
+    assert len(_retrain_runs(local_stack)) == 2

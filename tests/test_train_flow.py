@@ -66,13 +66,15 @@ def test_train_gate_quarantine_and_retrain(settings: Settings, prefect_server) -
 
     # the ETL rebuilds what was quarantined from the source, so training goes on
     [again] = train_fleet_flow(models=["flight_delay"], until=UNTIL)
-    assert again.status in ("promoted", "kept"), again.message
-    assert again.version == "2"
+    # the rebuilt days are the source's own rows again: the same data gives the same model,
+    # which does not beat itself by the margin
+    assert again.status == "kept", again.message
+    assert again.version == "2" and "does not beat champion v1" in again.message
 
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "flight_delay" in result.output
     rows = {row.model: row for row in registry.fleet_table(settings)}
-    assert rows["flight_delay"].champion_version in (1, 2)
+    assert rows["flight_delay"].champion_version == 1
     assert rows["flight_delay"].versions == 2
     assert not rows["arrival_delay"].registered  # trained only flight_delay

@@ -37,6 +37,7 @@ from fastapi import FastAPI
 
 from fleet import backends, predictions, routing
 from fleet.catalog import get_model
+from fleet.guard import Guard
 from fleet.results import ResultStore, ResultWriter
 from fleet.settings import Settings
 
@@ -171,8 +172,9 @@ class Service:
         current = self.backends.get(name)
         if getattr(current, "url", None) != url.rstrip("/"):
             self.backends[name] = backends.HttpBackend(
-                get_model(name), url, self.client, self.settings.model_timeout_s
-            )
+                get_model(name), url, self.client, self.settings.model_timeout_s,
+                token=self.settings.token,
+            )  # fmt: skip
 
     def _refresh_backends(self) -> None:
         """Swap model URLs when the backends file changed (one stat per request)."""
@@ -264,6 +266,11 @@ class Service:
             await asyncio.to_thread(self.recorder.close)
         if self.log is not None:
             self.log.dispose()
+
+
+# token, JSON only and the body cap, before BentoML reads a byte (fleet.guard)
+_settings = Settings()
+Service.add_asgi_middleware(Guard, token=_settings.token, max_body_bytes=_settings.max_body_bytes)
 
 
 async def _missing(name: str, mode: str) -> routing.ModelFailure:
