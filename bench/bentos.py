@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 
 from bench.serve import ensure_champion
-from bentos import build, check, store
+from bentos import build, check
+from fleet import bento_store as store
 from fleet import catalog, processes
 from fleet.settings import REPO_ROOT, Settings
 

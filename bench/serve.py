@@ -411,7 +411,7 @@ def serving_processes(
         mlflow_serve = processes.start(scratch, peer)
         started.append(mlflow_serve)
         plan = topology.plan(ports, "micro", [model], {model: tag})
-        started += topology.start_plan(ports, plan, timeout=timeout)
+        started += topology.start_plan(ports, plan, timeout=timeout, supervise=False)
         _wait_ping(mlflow_serve, timeout)
         urls = {r.name: r.url for r in started}
         yield {SERVICE: urls[model], GATEWAY: urls[topology.GATEWAY], MLFLOW: mlflow_serve.url}
@@ -457,7 +457,7 @@ def run_serve_bench(
     start_timeout_s: float = 300.0,
 ) -> ServeBench:
     """Run the four targets and write ``serve.json`` + ``serve.md`` to ``out_dir``."""
-    from bentos import store
+    from fleet import bento_store as store
 
     spec = get_model(model)
     info = ensure_champion(settings, model, say)

@@ -25,7 +25,7 @@ import yaml
 
 import bentos
 import fleet
-from bentos import store
+from fleet import bento_store as store
 from fleet import catalog, registry
 from fleet.lockfile import pinned_closure
 from fleet.settings import Settings

@@ -22,9 +22,10 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
 from fastapi import FastAPI
-from pydantic import Field
+from fastapi.responses import RedirectResponse
+from pydantic import ConfigDict, Field, create_model
 
-from bentos import store
+from fleet import bento_store as store
 from fleet import predictions, serving, training
 from fleet.catalog import get_model
 from fleet.guard import Guard
@@ -173,6 +174,25 @@ def make_service(model_name: str) -> Any:
         # fail at import with what to do, before BentoML looks for the model in a cloud
         store.require_model(tag)
     metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    # the request bodies, closed: an unknown top-level field is a 400 here as at the gateway
+    closed = ConfigDict(extra="forbid")
+    predict_request = create_model(
+        f"{spec.name}_predict_request", __config__=closed, record=(record_type, ...)
+    )
+    batch_request = create_model(
+        f"{spec.name}_predict_batch_request",
+        __config__=closed,
+        records=(
+            list[record_type],  # type: ignore[valid-type]
+            Field(..., max_length=limit, description=f"at most {limit} records "
+                  "(FLEET_MAX_BATCH_RECORDS)"),
+        ),
+    )  # fmt: skip
+
+    @metadata_app.get("/docs", include_in_schema=False)
+    def docs() -> RedirectResponse:
+        """The API page is BentoML's index; ``/docs`` is where FastAPI users look."""
+        return RedirectResponse("/")
 
     def _logged(
         version: str,
@@ -197,7 +217,7 @@ def make_service(model_name: str) -> Any:
                 raise store.StoreError(
                     f"{store.TAG_ENV} is not set: the {spec.name} service serves one pinned "
                     f"Bento model (e.g. {spec.name}:v1); run `fleet serve`, or import the "
-                    "champion with bentos.store.import_champion and set the variable"
+                    "champion with fleet.bento_store.import_champion and set the variable"
                 )
             # single rows are fastest on one thread; training.limit_threads explains why
             self._threads = training.limit_threads(1)
@@ -239,7 +259,7 @@ def make_service(model_name: str) -> Any:
             self.served.increment()
             return request_id, answers
 
-        @bentoml.api
+        @bentoml.api(input_spec=predict_request)
         def predict(
             self,
             record: record_type,  # type: ignore[valid-type]
@@ -253,15 +273,11 @@ def make_service(model_name: str) -> Any:
             _, (answer,) = self._answer([record], "predict", ctx)
             return {"model": spec.name, "version": self.loaded.version, "prediction": answer}
 
-        @bentoml.api
+        @bentoml.api(input_spec=batch_request)
         def predict_batch(
             self,
             ctx: bentoml.Context,
-            records: list[record_type] = Field(  # type: ignore[valid-type]  # noqa: B008 (BentoML reads it)
-                ...,
-                max_length=limit,
-                description=f"at most {limit} records (FLEET_MAX_BATCH_RECORDS)",
-            ),
+            records: list[record_type],  # type: ignore[valid-type]
         ) -> dict[str, Any]:
             """Predict a list of records, answers in request order.
 
@@ -312,4 +328,25 @@ def make_service(model_name: str) -> Any:
     )(ModelService)
     # token, JSON only and the body cap, before BentoML reads a byte (fleet.guard)
     service.add_asgi_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    return titled(service, spec.name, tag.split(":", 1)[1] if tag else None)
+
+
+def titled(service: Any, model: str, version: str | None) -> Any:
+    """The API page named after the model and the version it serves, not after the Bento
+    (BentoML titles it with the service name and a "None" version outside a built Bento)."""
+    base = type(service)
+
+    class Titled(base):  # type: ignore[misc,valid-type]
+        __slots__ = ()
+
+        @property
+        def openapi_spec(self) -> Any:
+            import attrs
+
+            spec = base.openapi_spec.fget(self)  # type: ignore[attr-defined]
+            title = f"{model} {version}" if version else f"{model} (no model pinned)"
+            info = attrs.evolve(spec.info, title=title, version=version or "unpinned")
+            return attrs.evolve(spec, info=info)
+
+    service.__class__ = Titled
     return service

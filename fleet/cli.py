@@ -22,7 +22,6 @@ from fleet.secrets import mask_url
 from fleet.settings import Settings, get_settings, prepare_environment
 
 app = typer.Typer(
-    help="modelfleet: a fleet of small models, trained, validated and registered by Prefect flows.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -34,6 +33,28 @@ catalog_app = typer.Typer(
 app.add_typer(catalog_app, name="catalog")
 # piped output (logs, CI) gets room for whole table cells instead of rich's 80 columns
 console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# exit codes scripts can rely on (README, "Exit codes")
+OK, REJECTED, USAGE = 0, 1, 2
+_options_given = {"debug": False, "verbose": False}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the traceback of an unexpected error")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Prefect's flow and task logs on the terminal")
+    ] = False,
+) -> None:
+    """modelfleet: a fleet of small models, trained, validated and registered by Prefect flows.
+
+    Exit codes: 0 success; 1 the data or a model was rejected, or a run failed; 2 bad
+    usage or unreadable input.
+    """
+    _options_given.update(debug=debug, verbose=verbose)
+
 
 DateOption = Annotated[
     str | None, typer.Option(help="ISO date, e.g. 2013-03-04", show_default=False)
@@ -57,21 +78,34 @@ def _setup() -> Settings:
 
 
 @contextlib.contextmanager
-def _flows(settings: Settings) -> Iterator[None]:
+def _flows(settings: Settings, progress: str | None = None) -> Iterator[None]:
     """A Prefect API for the flow runs of this command: ``PREFECT_API_URL``, the running
-    ``fleet up`` stack, else a temporary server that ends with the command."""
+    ``fleet up`` stack, else a temporary server that ends with the command.
+
+    Prefect's per-task lines go to ``$FLEET_HOME/logs/flows.log`` unless ``-v``; with
+    ``progress`` (a label), the flow's steps show as lines above a progress bar.
+    """
     from fleet import processes
+    from fleet import progress as shown
     from fleet.prefect_api import prefect_api
 
-    try:
-        with prefect_api(settings, say=lambda line: console.print(f"[dim]{line}[/]")):
-            yield
-    except processes.ProcessError as exc:
-        _fail(str(exc))
+    with contextlib.ExitStack() as stack:
+        if not _options_given["verbose"]:
+            path = stack.enter_context(shown.quiet_prefect(settings))
+            console.print(f"[dim]flow logs: {path} (-v shows them here)[/]", soft_wrap=True)
+        try:
+            stack.enter_context(
+                prefect_api(settings, say=lambda line: console.print(f"[dim]{line}[/]"))
+            )
+        except processes.ProcessError as exc:
+            _fail(str(exc))
+        if progress and not _options_given["verbose"]:
+            stack.enter_context(shown.console_progress(console, progress))
+        yield
 
 
-def _fail(message: str, code: int = 1) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def _fail(message: str, code: int = REJECTED) -> None:
+    errors.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -80,7 +114,7 @@ def _integers(value: str, flag: str, example: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in value.split(","))
     except ValueError:
-        _fail(f"{flag} {value!r}: give integers like {example}", code=2)
+        _fail(f"{flag} {value!r}: give integers like {example}", code=USAGE)
         raise  # unreachable: _fail exits
 
 
@@ -90,7 +124,7 @@ def _known_model(model: str) -> None:
     try:
         get_model(model)
     except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
+        _fail(str(exc.args[0]), code=USAGE)
 
 
 @app.command()
@@ -125,18 +159,27 @@ def validate(
     """Validate an incoming file against the dataset's suite; quarantine it if it fails."""
     settings = _setup()
     from fleet.catalog import get_dataset
-    from fleet.validation import load_batch_file, quarantine_batch, validate_batch
+    from fleet.validation import (
+        BatchFileError,
+        load_batch_file,
+        quarantine_batch,
+        validate_batch,
+    )
 
     try:
         spec = get_dataset(dataset)
     except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
-    if not file.exists():
-        _fail(f"no such file: {file}", code=2)
-    frame = load_batch_file(file)
+        _fail(str(exc.args[0]), code=USAGE)
+    try:
+        frame = load_batch_file(file)
+    except FileNotFoundError:
+        _fail(f"no such file: {file}", code=USAGE)
+    except BatchFileError as exc:
+        _fail(str(exc), code=USAGE)
     outcome = validate_batch(settings, spec, frame, batch=f"file-{file.stem}")
     if outcome.success:
         console.print(f"[green]passed[/]: {file} ({len(frame)} rows) meets suite {dataset!r}")
+        console.print(f"report: {outcome.page}", soft_wrap=True)
         console.print(f"Data Docs: {outcome.data_docs}")
         return
     where = quarantine_batch(settings, outcome, frame)
@@ -144,6 +187,7 @@ def validate(
     for failure in outcome.failures:
         console.print(f"  - {failure}")
     console.print(f"quarantined to: {where}")
+    console.print(f"report: {where / 'report.html'}", soft_wrap=True)
     console.print(f"Data Docs: {outcome.data_docs}")
     raise typer.Exit(1)
 
@@ -156,26 +200,27 @@ def train(
 ) -> None:
     """ETL -> GX gate -> train -> evaluate -> register -> promote, per model."""
     if (model is None) == (not all_models):
-        _fail("name one MODEL or pass --all", code=2)
+        _fail("name one MODEL or pass --all", code=USAGE)
+    from fleet.catalog import model_names
+
+    names = model_names() if all_models else [model]
+    for name in names:
+        _known_model(name)  # before the heavy imports: a typo answers at once
     settings = _setup()
-    from fleet.catalog import get_model, model_names
     from flows.runners import training_runner
     from flows.train import train_fleet_flow
 
-    names = model_names() if all_models else [model]
-    try:
-        for name in names:
-            get_model(name)
-    except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
     try:
         runner = training_runner(settings)  # FLEET_TASK_RUNNER: threads, dask or an address
     except ValueError as exc:
-        _fail(str(exc), code=2)
+        _fail(str(exc), code=USAGE)
     flow = train_fleet_flow.with_options(task_runner=runner)
     last = _date(until, "--until")
-    with _flows(settings):
-        results = flow(models=names, until=last)
+    try:
+        with _flows(settings):
+            results = flow(models=names, until=last)
+    except ValueError as exc:  # no data for the window: say what to run
+        _fail(str(exc))
     table = Table(title="training")
     table.add_column("model", no_wrap=True)
     for column in ("status", "version", "metric", "candidate", "champion before", "after"):
@@ -266,7 +311,7 @@ def rollback(model: Annotated[str, typer.Argument(help="model name from the cata
         get_model(model)
         before, after = do_rollback(settings, model)
     except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
+        _fail(str(exc.args[0]), code=USAGE)
     except RegistryError as exc:
         _fail(str(exc))
     console.print(f"{model}: @champion moved from version {before} back to version {after}")
@@ -299,9 +344,9 @@ def monitor(
             if value is not None:
                 parse_when(value, flag)
     except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
+        _fail(str(exc.args[0]), code=USAGE)
     except ValueError as exc:
-        _fail(str(exc), code=2)
+        _fail(str(exc), code=USAGE)
     from flows.monitor import EVENT, monitor_flow
 
     try:
@@ -317,8 +362,6 @@ def monitor(
         console.print(f"event: {EVENT} for fleet.model.{model}")
     if outcome.retrain is not None:
         console.print(f"retrain: {outcome.retrain.status} ({outcome.retrain.message})")
-    if not summary.report_path:
-        console.print("report: none (too few rows for the policy)")
     console.print(f"index: {settings.reports_dir / 'index.html'}", soft_wrap=True)
 
 
@@ -353,7 +396,7 @@ def replay(
     for value, flag in ((start, "--start"), (end, "--end")):
         _date(value, flag)
     try:
-        with _flows(settings):
+        with _flows(settings, progress="replay"):
             summary = replay_flow(
                 start=start, end=end, step=step, quick=quick, topology_name=topology,
                 per_week=per_week,
@@ -513,6 +556,20 @@ def bench_bentos(
         raise typer.Exit(1)
 
 
+@bench_app.command("cli")
+def bench_cli(
+    repeat: Annotated[int, typer.Option(help="runs per command (median)")] = 5,
+    out_dir: Annotated[Path | None, typer.Option(help="default: bench/results")] = None,
+) -> None:
+    """How fast `fleet` commands answer, against `python -c pass` in the same run."""
+    from bench.cli import RESULTS_DIR, run_cli_bench
+
+    _, rows, markdown = run_cli_bench(out_dir or RESULTS_DIR, repeat, say=console.print)
+    console.print(markdown.read_text())
+    if not all(r.met for r in rows):
+        console.print("some targets were missed (see the table)")
+
+
 @bench_app.command("window")
 def bench_window(
     model: Annotated[
@@ -541,7 +598,7 @@ def bench_window(
             sample or None, out_dir or RESULTS_DIR, say=console.print,
         )  # fmt: skip
     except ValueError as exc:
-        _fail(str(exc), code=2)
+        _fail(str(exc), code=USAGE)
     console.print(results.markdown())
     console.print(f"results: {results.json_path} and {results.markdown_path}")
 
@@ -588,11 +645,11 @@ def serve(
         return
 
     if topology not in topo.TOPOLOGIES:
-        _fail(f"unknown topology {topology!r}; choose one of: {', '.join(topo.TOPOLOGIES)}", 2)
+        _fail(f"unknown topology {topology!r}; choose one of: {', '.join(topo.TOPOLOGIES)}", USAGE)
     try:
         names = topo.resolve_models(models.split(",") if models else None)
     except KeyError as exc:
-        _fail(str(exc.args[0]), code=2)
+        _fail(str(exc.args[0]), code=USAGE)
     if not models and not topo.running(settings):  # the whole fleet: serve what has a champion
         from fleet.registry import champion_info
 
@@ -661,10 +718,10 @@ def build(
 ) -> None:
     """A self-contained Bento per model (its @champion pinned) and for the gateway."""
     if (model is None) == (not all_models):
-        _fail("name one MODEL (or gateway) or pass --all", code=2)
+        _fail("name one MODEL (or gateway) or pass --all", code=USAGE)
     settings = _setup()
     from bentos import build as bento_build
-    from bentos.store import StoreError, bentoml_home
+    from fleet.bento_store import StoreError, bentoml_home
     from fleet.catalog import get_model, model_names
     from fleet.registry import champion_info
 
@@ -679,7 +736,7 @@ def build(
             try:
                 get_model(model)
             except KeyError as exc:
-                _fail(str(exc.args[0]), code=2)
+                _fail(str(exc.args[0]), code=USAGE)
     built = []
     for name in names:
         try:
@@ -819,16 +876,16 @@ def prune(
     """Delete logged predictions, gateway results and drift reports older than an age."""
     from datetime import timedelta
 
-    from fleet.retention import parse_age
-    from fleet.retention import prune as do_prune
+    from monitoring.retention import parse_age
+    from monitoring.retention import prune as do_prune
 
     settings = _setup()
     if older_than is None and settings.retention_days is None:
-        _fail("give --older-than (e.g. 30d) or set FLEET_RETENTION_DAYS", code=2)
+        _fail("give --older-than (e.g. 30d) or set FLEET_RETENTION_DAYS", code=USAGE)
     try:
         age = parse_age(older_than) if older_than else timedelta(days=settings.retention_days)
     except ValueError as exc:
-        _fail(str(exc), code=2)
+        _fail(str(exc), code=USAGE)
     console.print(do_prune(settings, age, dry_run).summary())
 
 
@@ -883,11 +940,19 @@ def deploy() -> None:
 
 
 def main() -> None:
-    """The ``fleet`` entry point: a catalog problem is a clear message, not a traceback."""
+    """The ``fleet`` entry point: an error is a line or two on stderr, not a traceback
+    (``--debug`` shows it); a catalog problem is bad usage (exit 2)."""
     from fleet.catalog import CatalogError
 
     try:
         app()
     except CatalogError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
-        raise SystemExit(2) from None
+        errors.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise SystemExit(USAGE) from None
+    except Exception as exc:
+        if _options_given["debug"] or "--debug" in sys.argv[1:]:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        errors.print(f"[bold red]error:[/] {type(exc).__name__}: {first}", soft_wrap=True)
+        errors.print("run again with `fleet --debug ...` for the traceback")
+        raise SystemExit(REJECTED) from None

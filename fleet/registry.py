@@ -357,9 +357,13 @@ def log_candidate(
 
     _ensure_registered_model(mlc, spec)
     primary = spec.promotion.metric
-    version = mlflow.register_model(
-        info.model_uri,
+    # the client call, not mlflow.register_model: that one prints "already exists" to
+    # stderr for every version of a model the fleet registered on purpose just above
+    version = mlc.create_model_version(
         spec.name,
+        info.model_uri,
+        run_id=run_id,
+        model_id=info.model_id,
         tags={
             **lineage,
             "run_id": run_id,

@@ -325,6 +325,10 @@ class Replay:
     train_all: Callable[[date], list[Any]]  # bootstrap: train every model up to a day
     # (model, until, reason, firing) -> ModelOutcome; the firing the monitor claimed
     retrain: Callable[[str, date, str, str], Any]
+    # (settings, spec, start, end) -> (logged rows, the same joined with their labels)
+    read_log: Callable[[Settings, ModelSpec, datetime, datetime], tuple[Any, Any]]
+    # (settings, model, start, end, now) -> (DriftSummary, TriggerDecision): the drift job
+    monitor: Callable[[Settings, str, datetime, datetime, datetime], tuple[Any, Any]]
     log: Callable[[str], None] = print
     # told about every decision that fires, before the retraining (the flow emits the event)
     on_fire: Callable[[Any, Any], None] = lambda summary, decision: None
@@ -381,13 +385,9 @@ class Replay:
         return week
 
     def _monitor_and_act(self, name: str, first: date, after: date) -> ModelWeek:
-        from monitoring import frames
-        from monitoring.job import run_monitor
-
         spec = get_model(name)
         start, end = _utc(first), _utc(after)
-        logged = frames.current_frame(self.settings, spec, start, end)
-        joined = frames.join_labels(self.settings, spec, logged, start, end)
+        logged, joined = self.read_log(self.settings, spec, start, end)
         labelled = joined[joined[spec.target].notna()]
         closed, frozen = served_and_frozen(spec, labelled, self.frozen[name])
         versions = sorted({str(v) for v in logged.get("version", [])}, key=_version_key)
@@ -401,7 +401,7 @@ class Replay:
             frozen=frozen,
         )
         monitor_start = _utc(after - timedelta(days=self.config.monitor_days))
-        summary, decision = run_monitor(self.settings, name, monitor_start, end, now=end)
+        summary, decision = self.monitor(self.settings, name, monitor_start, end, end)
         week.drift_share = round(summary.drift_share, 4)
         week.drifted_columns = list(summary.drifted_columns)
         week.fired = decision.fire

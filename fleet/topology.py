@@ -69,7 +69,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "FLEET_HOME": str(settings.root),
         "FLEET_CATALOG": str(catalog.catalog_dir()),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
-        # the store bentos.store.import_champion writes to
+        # the store fleet.bento_store.import_champion writes to
         "BENTOML_HOME": str(settings.root / "bentoml"),
         # single-row predicts: HistGradientBoosting threads cost more than they give
         "OMP_NUM_THREADS": "1",
@@ -508,7 +508,7 @@ def start_fleet(
         found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
         raise processes.ProcessError(f"already running: {found}; run `fleet stop` first")
 
-    from bentos.store import import_champion
+    from fleet.bento_store import import_champion
     from fleet.registry import champion_info
 
     missing = [name for name in models if champion_info(settings, name) is None]
@@ -529,7 +529,7 @@ def reload_champions(
     The champions are read under the serving lock: of two reloads at once, the second
     sees what the first left and moves only what is still behind.
     """
-    from bentos.store import import_champion
+    from fleet.bento_store import import_champion
 
     with serving_lock(settings):
         served = served_models(settings)

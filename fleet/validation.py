@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from fleet import catalog, suites
+from fleet import catalog, suites, validation_page
 from fleet.catalog import Dataset
 from fleet.settings import TELEMETRY_OFF, Settings
 
@@ -48,6 +48,7 @@ class ValidationOutcome:
     failures: list[str]
     result_path: Path  # validation result JSON under $FLEET_HOME/gx/
     data_docs: Path | None  # Data Docs index.html
+    page: Path | None = None  # this batch's own page (fleet.validation_page), opens offline
 
 
 class ValidationFailed(RuntimeError):
@@ -64,6 +65,7 @@ class ValidationFailed(RuntimeError):
         lines += [f"  - {f}" for f in o.failures[:_MAX_FAILURES_SHOWN]]
         if len(o.failures) > _MAX_FAILURES_SHOWN:
             lines.append(f"  ... and {len(o.failures) - _MAX_FAILURES_SHOWN} more")
+        lines.append(f"Report: {o.page or 'not written'}")
         lines.append(f"Data Docs: {o.data_docs or 'not built'}")
         lines.append(f"Validation result: {o.result_path}")
         if self.quarantine_path is not None:
@@ -258,6 +260,7 @@ def validate_batch(
         )
         key, suite_result = next(iter(result.run_results.items()))
         result_path = _result_path(context, key, settings, suites.suite_name(dataset))
+    page = validation_page.write_page(result_path, dataset.name, batch)
     docs = settings.data_docs_index
     return ValidationOutcome(
         dataset=dataset.name,
@@ -266,6 +269,7 @@ def validate_batch(
         failures=[] if result.success else _failures(suite_result, list(frame.columns)),
         result_path=result_path,
         data_docs=docs if docs.is_file() else None,
+        page=page,
     )
 
 
@@ -315,6 +319,8 @@ def quarantine_batch(
     result_copy = target / "validation_result.json"
     if outcome.result_path.is_file():
         shutil.copy2(outcome.result_path, result_copy)
+    if outcome.page is not None and outcome.page.is_file():
+        shutil.copy2(outcome.page, target / "report.html")
     moved = _move_sources(source_paths, target)
     summary = {
         "dataset": outcome.dataset,
@@ -338,6 +344,7 @@ def quarantine_batch(
         "## Files",
         f"- data: `{data_path.name}`",
         f"- validation result: `{result_copy.name}` (original: {outcome.result_path})",
+        "- report (opens offline): `report.html`",
         f"- Data Docs: {outcome.data_docs or 'not built'}",
         *[f"- moved here: {src} -> `{dest.relative_to(target)}`" for src, dest in moved],
         "",
@@ -362,22 +369,58 @@ def _all_iso_datetimes(column: pd.Series) -> bool:
     return bool(values.map(lambda v: isinstance(v, str) and bool(_ISO_DATETIME.match(v))).all())
 
 
+class BatchFileError(ValueError):
+    """An incoming file that cannot be read as a batch: the message says why and what to do."""
+
+
+DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def _delimiter_hint(path: Path, frame: pd.DataFrame) -> None:
+    """One column whose name holds another delimiter: the file is not comma-separated."""
+    if len(frame.columns) != 1:
+        return
+    header = str(frame.columns[0])
+    for mark, name in DELIMITERS.items():
+        if mark in header:
+            raise BatchFileError(
+                f"{path}: read as one column {header[:60]!r}; the file looks separated by "
+                f"{name}: save it comma-separated (or as Parquet) and try again"
+            )
+
+
 def load_batch_file(path: Path) -> pd.DataFrame:
     """An incoming batch from Parquet or CSV. CSV has no types: ISO timestamps are parsed,
-    everything else is left as pandas reads it (so numbers sent as text stay text)."""
+    everything else is left as pandas reads it (so numbers sent as text stay text).
+
+    A file that cannot be read (a folder, empty, corrupt, another delimiter) raises
+    ``BatchFileError`` naming it; a missing one ``FileNotFoundError``.
+    """
+    import pyarrow as pa
+
     path = Path(path)
+    if path.is_dir():
+        raise BatchFileError(f"{path} is a folder: give one Parquet (.parquet) or CSV (.csv) file")
     if not path.is_file():
         raise FileNotFoundError(f"no such batch file: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix == ".csv":
+    if suffix not in (".parquet", ".pq", ".csv"):
+        raise BatchFileError(
+            f"cannot read {path.name}: unsupported file type {suffix or '(none)'!r}; "
+            "give a Parquet (.parquet) or CSV (.csv) file"
+        )
+    if path.stat().st_size == 0:
+        raise BatchFileError(f"{path} is empty (0 bytes): nothing to validate")
+    try:
+        if suffix != ".csv":
+            return pd.read_parquet(path)
         frame = pd.read_csv(path)
-        for name in frame.columns:
-            if _all_iso_datetimes(frame[name]):
-                frame[name] = pd.to_datetime(frame[name], errors="coerce")
-        return frame
-    raise ValueError(
-        f"cannot read {path.name}: unsupported file type {suffix or '(none)'!r}; "
-        "give a Parquet (.parquet) or CSV (.csv) file"
-    )
+    except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError) as exc:
+        kind = "CSV" if suffix == ".csv" else "Parquet"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BatchFileError(f"{path} is not a readable {kind} file: {first}") from exc
+    _delimiter_hint(path, frame)
+    for name in frame.columns:
+        if _all_iso_datetimes(frame[name]):
+            frame[name] = pd.to_datetime(frame[name], errors="coerce")
+    return frame

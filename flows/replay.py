@@ -14,15 +14,23 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fleet import topology
+from fleet import progress, topology
 from fleet.replay import Replay, ReplayConfig, ReplayError
 from fleet.settings import get_settings, prepare_environment
 from flows.etl import etl_flow
 from flows.monitor import emit_drift_event
 from flows.retrain import retrain_flow
 from flows.train import train_model
+from monitoring import frames
+from monitoring.job import run_monitor
 
 STEPS = {"day": 1, "week": 7}
+
+
+def read_log(settings: Any, spec: Any, start: Any, end: Any) -> tuple[Any, Any]:
+    """A model's logged rows of ``[start, end)`` and the same joined with their labels."""
+    logged = frames.current_frame(settings, spec, start, end)
+    return logged, frames.join_labels(settings, spec, logged, start, end)
 
 
 def step_days(step: str) -> int:
@@ -80,23 +88,31 @@ def replay_flow(
         except RuntimeError as exc:
             logger.warning("%s", exc)
 
+    def log(line: str) -> None:
+        logger.info(line)
+        progress.note(line)
+
     replay = Replay(
         settings=settings,
         config=config,
         etl=lambda first, last: etl_flow.fn(start=first, end=last),
         train_all=train_all,
         retrain=retrain,
-        log=logger.info,
+        read_log=read_log,
+        monitor=lambda s, model, start, end, now: run_monitor(s, model, start, end, now=now),
+        log=log,
         on_fire=on_fire,
     )
     replay.bootstrap()
-    logger.info("serving the fleet (%s) for the replay's traffic", config.topology)
+    log(f"serving the fleet ({config.topology}) for the replay's traffic")
     components, started_here = topology.start_fleet(settings, config.topology, list(config.models))
     gateway = next(c for c in components if c.name == topology.GATEWAY)
     try:
-        for first, after in config.weeks():
+        weeks = list(config.weeks())
+        for done, (first, after) in enumerate(weeks, start=1):
             week = replay.step(gateway.url, first, after)
             logger.info(week_line(week))
+            progress.step(done, len(weeks), week_line(week))
     finally:
         if started_here:
             topology.stop_fleet(settings)

@@ -54,6 +54,20 @@ def _skipped(spec_name: str, metric: str, message: str) -> ModelOutcome:
     return ModelOutcome(model=spec_name, status="skipped", metric=metric, message=message)
 
 
+def record_outcome(settings: Settings, firing: str, model: str, outcome: ModelOutcome) -> None:
+    """The drift index shows what the firing's retraining ended as."""
+    from monitoring.history import MonitorHistory
+    from monitoring.index import write_index
+    from monitoring.job import index_path
+
+    history = MonitorHistory(settings.state_db_url).create()
+    try:
+        history.record_outcome(firing, model, outcome.status, outcome.version)
+        write_index(history.runs(), index_path(settings))
+    finally:
+        history.dispose()
+
+
 @flow(name="retrain", flow_run_name="retrain-{model}")
 def retrain_flow(
     model: str, until: str | None = None, reason: str = "", firing: str = ""
@@ -94,6 +108,8 @@ def retrain_flow(
         if outcome.status == "promoted":
             note = reload_serving(settings, spec.name)
             outcome.message = f"{outcome.message}; {note}" if outcome.message else note
+        if firing:
+            record_outcome(settings, firing, spec.name, outcome)
     finally:
         if claims is not None:
             claims.dispose()

@@ -23,10 +23,13 @@ weeks differ by 0.005-0.04 in these distances, well under the 0.1 thresholds abo
 
 from __future__ import annotations
 
+import html
 import math
 import os
+import shutil
 import threading
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,21 +228,97 @@ def parse_drift(snapshot: dict[str, Any]) -> tuple[float, list[ColumnDrift]]:
     return share, columns
 
 
-def _combined_html(sections: list[tuple[str, Any]]) -> str:
-    """One standalone page from several snapshots, each under its own heading.
+# where a report puts the decision once the policy has decided (:func:`stamp_decision`)
+DECISION_MARK, DECISION_END = "<!-- fleet: decision -->", "<!-- /fleet: decision -->"
+HEADER_STYLE = (
+    "font-family:system-ui,sans-serif;margin:1rem 2rem;padding:0.8rem 1rem;"
+    "border-left:6px solid {colour};background:#fafafa"
+)
+
+
+def asset_files(assets: Path) -> tuple[str, str]:
+    """Evidently's script and icon font, copied once into ``assets`` (file names).
+
+    Every report links these instead of embedding them (3.5 MB each time otherwise);
+    the name carries Evidently's version, so reports of an older one keep theirs.
+    """
+    import evidently
+    from evidently.legacy.utils.dashboard import STATIC_PATH
+
+    script = f"evidently-{evidently.__version__}.js"
+    font = "material-ui-icons.woff2"
+    assets.mkdir(parents=True, exist_ok=True)
+    for source, name in (("index.js", script), (font, font)):
+        target = assets / name
+        if not target.is_file():
+            tmp = target.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
+            shutil.copyfile(Path(STATIC_PATH) / source, tmp)
+            tmp.replace(target)
+    return script, font
+
+
+def _combined_html(sections: list[tuple[str, Any]], report_path: Path, assets: Path | None) -> str:
+    """One page from several snapshots, each under its own heading.
 
     Evidently renders one snapshot per page; drift runs on every current row but quality
-    only on the labelled ones, so they are two runs shown as one report.
+    only on the labelled ones, so they are two runs shown as one report. With ``assets``
+    the page links the shared script and font there (works offline, about 1/10 the size);
+    without, it embeds them. The page opens with a placeholder for the decision.
     """
     from evidently.core.metric_types import metric_tests_widget, render_widgets
     from evidently.core.report import metric_tests_stats
+    from evidently.legacy.model.dashboard import DashboardInfo
+    from evidently.legacy.model.widget import AdditionalGraphInfo, BaseWidgetInfo
     from evidently.legacy.renderers.html_widgets import group_widget
+    from evidently.legacy.utils import dashboard
 
     widgets = [group_widget(title=title, widgets=snap._widgets) for title, snap in sections]
     tests = [t for _, snap in sections for t in snap.tests_results]
     if tests:
         widgets += [metric_tests_stats(tests), metric_tests_widget(tests)]
-    return render_widgets(widgets, as_iframe=False)
+    if assets is None:
+        page = render_widgets(widgets, as_iframe=False)
+    else:  # Evidently's render_widgets, with a template told to link instead of embed
+        script, font = asset_files(assets)
+        where = Path(os.path.relpath(assets, report_path.parent)).as_posix()
+        graphs: dict[str, Any] = {}
+        for widget in widgets:
+            for graph in widget.get_additional_graphs():
+                info = graph.params if isinstance(graph, AdditionalGraphInfo) else graph
+                graphs[f"{graph.id}"] = info.dict() if isinstance(info, BaseWidgetInfo) else info
+        page = dashboard.file_html_template(dashboard.TemplateParams(
+            dashboard_id="metric_" + uuid.uuid4().hex,
+            dashboard_info=DashboardInfo(name="Report", widgets=widgets),
+            additional_graphs=graphs,
+            embed_font=False,
+            embed_lib=False,
+            font_file=f"{where}/{font}",
+            include_js_files=[f"{where}/{script}"],
+        ))  # fmt: skip
+    return page.replace("<body>", f"<body>\n{DECISION_MARK}{DECISION_END}", 1)
+
+
+def stamp_decision(path: Path, title: str, lines: list[str], fired: bool) -> None:
+    """Put the decision at the top of a written report: what fired, why, what followed.
+
+    Replaces the decision already there: two jobs on one window (monitors racing) write
+    one page, and the last decision stands, as in the index.
+    """
+    path = Path(path)
+    colour = "#b00020" if fired else "#2e7d32"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    block = (
+        f'<section id="fleet-decision" style="{HEADER_STYLE.format(colour=colour)}">'
+        f'<h2 style="margin:0 0 0.4rem">{html.escape(title)}</h2><ul>{items}</ul></section>'
+    )
+    page = path.read_text(encoding="utf-8")
+    start, end = page.find(DECISION_MARK), page.find(DECISION_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path}: no decision placeholder (not written by this version)")
+    stamped = page[: start + len(DECISION_MARK)] + block + page[end:]
+    tmp = path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(stamped, encoding="utf-8")
+    tmp.replace(path)
 
 
 def measure(
@@ -250,6 +329,7 @@ def measure(
     max_rows: int | None = DEFAULT_MAX_ROWS,
     seed: int = DEFAULT_SEED,
     title: str = "",
+    assets: Path | None = None,
 ) -> DriftMeasure:
     """Run the drift (and, with labels, quality) report and write it to ``report_path``.
 
@@ -323,7 +403,7 @@ def measure(
     report_path = Path(report_path)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = report_path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(_combined_html(sections), encoding="utf-8")
+    tmp.write_text(_combined_html(sections, report_path, assets), encoding="utf-8")
     tmp.replace(report_path)
     seconds["html"] = time.perf_counter() - t0
     return DriftMeasure(

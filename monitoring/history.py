@@ -7,6 +7,7 @@ rendered from it. The trigger claims (one firing per cooldown, at least once) ar
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,6 +49,18 @@ class MonitorRunRow(Base):
     summary: Mapped[dict[str, Any]] = mapped_column(JSONType)
 
 
+class RetrainOutcomeRow(Base):
+    """What the retraining of a firing ended as; the index shows it beside the run."""
+
+    __tablename__ = "retrain_outcomes"
+
+    firing: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(64))
+    status: Mapped[str] = mapped_column(sa.String(16))  # promoted, kept, failed, skipped
+    version: Mapped[str | None] = mapped_column(sa.String(32), nullable=True)
+    finished_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
 @dataclass(frozen=True)
 class MonitorRun:
     """One recorded drift job, as the index shows it."""
@@ -69,6 +82,8 @@ class MonitorRun:
     fired: bool
     reason: str
     report_path: str
+    firing: str | None = None  # the firing it claimed, when it fired
+    outcome: str | None = None  # its retraining: "promoted v5", "kept v6", "failed", ...
 
 
 def _finite(value: float | None) -> float | None:
@@ -112,7 +127,8 @@ class MonitorHistory:
             "fired": decision.fire,
             "reason": decision.reason,
             "report_path": summary.report_path,
-            "summary": summary.payload(),
+            # the firing in the free-form summary: no new column for older databases
+            "summary": {**summary.payload(), "firing": decision.firing},
         }
         with self.engine.begin() as conn:
             result = conn.execute(sa.insert(MonitorRunRow).returning(MonitorRunRow.id), [row])
@@ -150,6 +166,30 @@ class MonitorHistory:
                     fired=r.fired,
                     reason=r.reason,
                     report_path=r.report_path,
+                    firing=(r.summary or {}).get("firing"),
                 )
             )
-        return out
+        outcomes = self._outcomes({run.firing for run in out if run.firing})
+        return [
+            dataclasses.replace(run, outcome=outcomes[run.firing])
+            if run.firing in outcomes else run
+            for run in out
+        ]  # fmt: skip
+
+    def record_outcome(self, firing: str, model: str, status: str, version: str | None) -> None:
+        """The retraining of ``firing`` ended as ``status`` (a repeat replaces it)."""
+        row = {"firing": firing, "model": model, "status": status, "version": version,
+               "finished_at": utcnow()}  # fmt: skip
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(RetrainOutcomeRow).where(RetrainOutcomeRow.firing == firing))
+            conn.execute(sa.insert(RetrainOutcomeRow), [row])
+
+    def _outcomes(self, firings: set[str]) -> dict[str, str]:
+        if not firings:
+            return {}
+        query = sa.select(RetrainOutcomeRow).where(RetrainOutcomeRow.firing.in_(firings))
+        with Session(self.engine) as session:
+            return {
+                r.firing: f"{r.status} v{r.version}" if r.version else r.status
+                for r in session.scalars(query)
+            }

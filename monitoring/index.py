@@ -40,12 +40,22 @@ def render(runs: Sequence[MonitorRun], index_dir: Path) -> str:
     """The index page for ``runs`` (already newest first), links relative to ``index_dir``."""
     rows = []
     for r in runs:
-        decision = (
-            '<span class="retrain">retrain</span>'
-            if r.fired
-            else '<span class="quiet">no action</span>'
-        )
+        if not r.fired:
+            decision = '<span class="quiet">no action</span>'
+        else:  # and what the retraining ended as, once it has
+            done = html.escape(r.outcome) if r.outcome else "retraining not finished"
+            decision = f'<span class="retrain">retrain</span> &rarr; {done}'
         window = f"{r.window_start:%Y-%m-%d %H:%M} .. {r.window_end:%Y-%m-%d %H:%M}"
+        # a job below the policy's minimum rows measured nothing and wrote no report
+        measured = bool(r.report_path)
+        share = f"{r.drift_share:.2f}" if measured else '<span class="quiet">not enough data</span>'
+        if not measured:
+            report = '<span class="quiet">no report</span>'
+        elif Path(r.report_path).is_file():
+            report = f'<a href="{html.escape(_link(r.report_path, index_dir))}">report</a>'
+        else:  # pruned or moved
+            report = '<span class="quiet">report removed</span>'
+
         quality = (
             f"{r.metric} {_num(r.quality)}<br><span class='quiet'>champion v{r.champion_version} "
             f"{_num(r.champion_score)}</span>"
@@ -56,11 +66,11 @@ def render(runs: Sequence[MonitorRun], index_dir: Path) -> str:
             f"<td>{window}</td>"
             f'<td class="num">{r.rows_current}<br><span class="quiet">{r.rows_labelled} '
             f"labelled</span></td>"
-            f'<td class="num">{r.drift_share:.2f}</td>'
+            f'<td class="num">{share}</td>'
             f"<td>{html.escape(', '.join(r.drifted_columns)) or '-'}</td>"
             f"<td>{quality}</td>"
             f"<td>{decision}<br><span class='quiet'>{html.escape(r.reason)}</span></td>"
-            f'<td><a href="{html.escape(_link(r.report_path, index_dir))}">report</a></td>'
+            f"<td>{report}</td>"
             "</tr>"
         )
     body = (

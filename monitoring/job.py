@@ -24,6 +24,7 @@ from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
 
 DEFAULT_WINDOW = timedelta(days=7)
+ASSETS = "assets"  # under the reports folder: the script and font every report links
 
 
 def index_path(settings: Settings) -> Path:
@@ -105,6 +106,7 @@ def run_monitor(
         reference_window=f"{reference.first}..{reference.last}",
         reference_digest_matches=reference.digest_matches,
         report_path="",
+        min_rows=spec.drift.min_rows,
     )
     # below the policy's minimum the job cannot fire: skip the Evidently run, record why
     if len(current) >= spec.drift.min_rows:
@@ -113,6 +115,7 @@ def run_monitor(
             spec, reference.frame, current, path, max_rows=max_rows,
             title=f"{model}: {summary.window_label} vs champion v{champion.version}'s "
             f"training rows {summary.reference_window}",
+            assets=settings.reports_dir / ASSETS,
         )  # fmt: skip
         summary.drift_share = measured.drift_share
         summary.drifted_columns = measured.drifted_columns
@@ -146,12 +149,32 @@ def run_monitor(
             )
         elif firing is not None:
             decision = dataclasses.replace(decision, firing=firing)
+        if summary.report_path:
+            drift.stamp_decision(Path(summary.report_path), *decision_lines(summary, decision))
         history.record(summary, decision, now)
         index.write_index(history.runs(), index_path(settings))
     finally:
         history.dispose()
         claims.dispose()
     return summary, decision
+
+
+def decision_lines(summary: DriftSummary, decision: TriggerDecision) -> tuple[str, list[str], bool]:
+    """The report's opening: the decision, the signals with their values and thresholds,
+    the drifted columns."""
+    spec = get_model(summary.model)
+    quality = "no labels yet" if summary.quality is None else f"{summary.quality:.4f}"
+    champion = "-" if summary.champion_score is None else f"{summary.champion_score:.4f}"
+    drifted = ", ".join(summary.drifted_columns) or "none"
+    lines = [
+        f"why: {decision.reason}",
+        f"drift share {summary.drift_share:.2f} of {summary.monitored_columns} columns "
+        f"(fires at {spec.drift.share_threshold:.2f}); drifted: {drifted}",
+        f"{summary.metric} on {summary.rows_labelled} labelled rows: {quality} "
+        f"(champion v{summary.champion_version}: {champion})",
+        f"window {summary.window_label}: {summary.rows_current} rows",
+    ]
+    return f"{summary.model}: {decision.label}", lines, decision.fire
 
 
 def parse_when(value: str, flag: str = "") -> datetime:

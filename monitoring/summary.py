@@ -26,6 +26,7 @@ class DriftSummary:
     reference_window: str  # the champion's training days, first..last
     reference_digest_matches: bool
     report_path: str
+    min_rows: int = 0  # the policy's minimum: below it no drift is measured
     column_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -58,8 +59,16 @@ class DriftSummary:
                 + ("" if self.reference_digest_matches else "; the lake changed since training")
                 + ")",
                 f"drift share: {self.drift_share:.2f} of {self.monitored_columns} columns; "
-                f"drifted: {drifted}",
+                f"drifted: {drifted}"
+                if self.measured
+                else f"drift: not enough data ({self.rows_current} rows; the policy needs "
+                f"at least {self.min_rows})",
                 f"{self.metric}: {quality} (champion {champion})",
-                f"report: {self.report_path}",
+                f"report: {self.report_path or 'none (not enough data)'}",
             ]
         )
+
+    @property
+    def measured(self) -> bool:
+        """Whether the drift job ran (it does not below the policy's minimum rows)."""
+        return bool(self.report_path)

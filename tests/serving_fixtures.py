@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from bentos import store
+from fleet import bento_store as store
 from fleet import etl, lake, registry, serving
 from fleet.catalog import ModelSpec, get_model, models
 from fleet.settings import REPO_ROOT, Settings

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import statistics
 import time
@@ -19,12 +20,13 @@ import httpx
 import psutil
 import pytest
 
-from bentos import store
+from fleet import bento_store as store
 from fleet import serving
 from fleet.catalog import get_model, models
 from fleet.predictions import PredictionLog
 from fleet.results import ResultStore
 from fleet.settings import TELEMETRY_OFF, Settings
+from tests.fuzz import fuzz_for_server_errors
 from tests.serving_fixtures import (
     BentoProcess,
     ServiceProcess,
@@ -374,3 +376,14 @@ def test_openapi_example_documents_request_id_and_event_time(fleet) -> None:
     assert "labels join" in schema["properties"]["request_id"]["description"]
     r = httpx.post(f"{gateway.url}/predict", json=example, timeout=30)  # "try it out"
     assert r.status_code == 200 and r.json()["request_id"] == example["request_id"]
+    page = httpx.get(f"{gateway.url}/docs", timeout=10, follow_redirects=True)
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+
+
+def test_fuzzing_the_gateways_openapi_finds_no_server_error(fleet, state: ServingState) -> None:
+    # last in this module: the fuzzed requests it sends land in the shared prediction log
+    _, gateway, _ = fleet
+    output = fuzz_for_server_errors(gateway.url, state.settings.auth_headers())
+    generated = re.search(r"(\d+) generated, (\d+) passed", output)
+    assert generated and int(generated.group(1)) >= 100, output[-3000:]
+    assert generated.group(1) == generated.group(2)

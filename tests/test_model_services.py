@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -12,10 +13,11 @@ import httpx
 import pandas as pd
 import pytest
 
-from bentos import store
+from fleet import bento_store as store
 from fleet import registry, serving
 from fleet.catalog import get_model, models
 from fleet.predictions import PredictionLog
+from tests.fuzz import fuzz_for_server_errors
 from tests.serving_fixtures import ServiceProcess, ServingState, records
 
 MODELS = models()
@@ -99,6 +101,7 @@ BAD_REQUESTS = {
                  "wind_speed"),
     "extra field": (lambda s: {"record": _flight(s, late=1)}, "late"),
     "no record": (lambda s: {"flight": _flight(s)}, "record"),
+    "unknown top-level field": (lambda s: {"record": _flight(s), "debug": True}, "debug"),
     "malformed JSON": (lambda s: '{"record": {"carrier": "UA",', "JSON"),
 }  # fmt: skip
 
@@ -136,11 +139,18 @@ def test_oversized_batch_is_refused_with_the_limit(
 
 
 def test_openapi_carries_the_generated_schema_and_example(
-    services: dict[str, ServiceProcess],
+    services: dict[str, ServiceProcess], serving_state: ServingState
 ) -> None:
     svc = services["review_sentiment"]
     spec = get_model("review_sentiment")
     doc = httpx.get(f"{svc.url}/docs.json", timeout=10).json()
+    # the page names the model and the registry version it serves
+    version = serving_state.tags["review_sentiment"].split(":")[1]
+    assert doc["info"]["title"] == f"review_sentiment {version}"
+    assert doc["info"]["version"] == version
+    # the README's docs URL leads to the API page
+    page = httpx.get(f"{svc.url}/docs", timeout=10, follow_redirects=True)
+    assert page.status_code == 200 and "swagger" in page.text.lower()
     assert {"/predict", "/predict_batch", "/metadata", "/readyz", "/metrics"} <= set(doc["paths"])
     body = doc["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
     ref = body["schema"]["properties"]["record"]["$ref"].split("/")[-1]
@@ -283,3 +293,13 @@ def test_bento_model_labels_carry_the_lineage(serving_state: ServingState) -> No
             "window_split": champion.window.split.isoformat(),
         }
     assert Path(store.bentoml_home(settings), "models", "flight_delay", "v1").is_dir()
+
+
+def test_fuzzing_the_openapi_finds_no_server_error(
+    services: dict[str, ServiceProcess], serving_state: ServingState
+) -> None:
+    svc = services["flight_delay"]
+    output = fuzz_for_server_errors(svc.url, serving_state.settings.auth_headers())
+    generated = re.search(r"(\d+) generated, (\d+) passed", output)
+    assert generated and int(generated.group(1)) >= 100, output[-3000:]
+    assert generated.group(1) == generated.group(2)

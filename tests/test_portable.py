@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bentos import build, check, store
+from bentos import build, check
+from fleet import bento_store as store
 from fleet import lockfile, processes, registry, serving
 from fleet.catalog import catalog_dir, get_model
 from tests.serving_fixtures import ServiceProcess, ServingState, records

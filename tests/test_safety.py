@@ -20,6 +20,7 @@ from fleet import etl, lake, locks, registry, training
 from fleet.catalog import EstimatorRef, ModelSpec, get_model
 from fleet.settings import REPO_ROOT, Settings
 from monitoring.claims import Claims
+from monitoring.history import MonitorHistory
 
 UNTIL = date(2013, 2, 5)
 
@@ -297,8 +298,42 @@ def test_a_failed_retraining_lets_the_next_firing_retrain(
         again = retrain_flow(model="flight_delay", until="2013-03-05", firing=second)
         assert again.status == "skipped" and "already handled" in again.message
         assert len(registry.client(settings).search_model_versions("name='flight_delay'")) == 1
+        # what each firing's retraining ended as, for the drift index
+        history = MonitorHistory(settings.state_db_url).create()
+        try:
+            assert history._outcomes({firing, second}) == {firing: "failed", second: "promoted v1"}
+        finally:
+            history.dispose()
     finally:
         claims.dispose()
+
+
+def test_the_index_shows_what_each_retraining_ended_as(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from monitoring import index
+    from monitoring.policy import TriggerDecision
+    from monitoring.summary import DriftSummary
+
+    at = datetime(2013, 3, 5, tzinfo=UTC)
+    summary = DriftSummary(
+        model="flight_delay", window_start=at, window_end=at, rows_current=900,
+        rows_reference=9000, rows_labelled=900, drift_share=0.6, drifted_columns=["temp"],
+        monitored_columns=10, metric="roc_auc", quality=0.7, champion_version=1,
+        champion_score=0.7, reference_window="2013-01-01..2013-02-25",
+        reference_digest_matches=True, report_path="",
+    )  # fmt: skip
+    history = MonitorHistory(f"sqlite:///{tmp_path / 'state.db'}").create()
+    try:
+        history.record(summary, TriggerDecision(True, "drift", True, firing="f-1"), at)
+        history.record(summary, TriggerDecision(True, "drift", True, firing="f-2"), at)
+        history.record_outcome("f-1", "flight_delay", "promoted", "2")
+        runs = history.runs()
+    finally:
+        history.dispose()
+    assert sorted(r.outcome or "-" for r in runs) == ["-", "promoted v2"]
+    page = index.render(runs, tmp_path)
+    assert "promoted v2" in page and "retraining not finished" in page
 
 
 # --- one retraining of a model at a time, whatever process starts it -------------------

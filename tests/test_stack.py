@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import psutil
 import pytest
@@ -122,8 +123,8 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         result = _fleet(env, "up", "--no-serve", timeout=300)
     assert result.returncode == 1
-    assert f"port {port} on 127.0.0.1 is already in use" in result.stdout
-    assert "FLEET_PREFECT_PORT" in result.stdout
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr  # errors: stderr
+    assert "FLEET_PREFECT_PORT" in result.stderr
     settings = Settings(home=tmp_path / "home")
     assert not processes.read_pid_files(settings, stack.STACK)  # nothing was started
 
@@ -139,6 +140,15 @@ def test_status_shows_every_component_healthy(local_stack: Stack) -> None:
     # models without a champion are not served, and `fleet up` says so
     assert "flight_delay" not in status
     assert "flight_delay: no @champion yet" in local_stack.up_output
+    # and the gateway says so to a request that needs it, naming what to do
+    from bentos.check import openapi_example
+
+    gateway = status["gateway"]["url"]
+    request = openapi_example(gateway) | {"models": ["flight_delay"]}
+    answer = httpx.post(f"{gateway}/predict", json=request, headers=s.auth_headers(), timeout=30)
+    errors = answer.json()["errors"]
+    assert "flight_delay: no @champion yet" in errors["flight_delay"], errors
+    assert "fleet train flight_delay" in errors["flight_delay"]
     assert f"Prefect UI: http://127.0.0.1:{s.prefect_port}" in local_stack.up_output
 
 

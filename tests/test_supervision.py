@@ -19,7 +19,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from bentos import store
+from fleet import bento_store as store
 from fleet import etl, lake, processes, registry, routing, serving, stack, topology
 from fleet.catalog import get_model
 from fleet.settings import TELEMETRY_OFF, Settings

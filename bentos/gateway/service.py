@@ -34,6 +34,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
 
 from fleet import backends, predictions, routing
 from fleet.catalog import get_model
@@ -55,6 +56,12 @@ MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV, TAGS_FILE_ENV = (
 STORE_BUDGET_S = 5.0
 
 info_app = FastAPI(title="fleet gateway metadata")
+
+
+@info_app.get("/docs", include_in_schema=False)
+def docs() -> RedirectResponse:
+    """The API page is BentoML's index; ``/docs`` is where FastAPI users look."""
+    return RedirectResponse("/")
 
 
 def _json_env(name: str) -> dict[str, str]:
@@ -104,6 +111,7 @@ class Service:
         self.store = ResultStore(self.settings.results_db_url).create()
         self.writer = ResultWriter(self.store)
         self.served = 0
+        self._champions: dict[str, tuple[float, bool | None]] = {}
         logger.info("gateway (%s) for %s; results in %s", self.mode, list(self.backends),
                     self.store.display_url)  # fmt: skip
 
@@ -133,7 +141,7 @@ class Service:
         for name, kind in needed.items():
             backend = self.backends.get(name)
             if backend is None:
-                calls.append(_missing(name, self.mode))
+                calls.append(self._missing(name))
                 continue
             record = routing.model_record(get_model(name), inputs[kind])
             calls.append(backends.call(backend, record, budget, meta))
@@ -195,7 +203,7 @@ class Service:
         logger.info("backends now %s", {n: b.describe() for n, b in self.backends.items()})
 
     def _load(self, name: str, tag: str) -> None:
-        from bentos.store import load_model
+        from fleet.bento_store import load_model
 
         loaded = load_model(tag)
         # one dict assignment: a request sees the old backend or the new, never neither
@@ -257,6 +265,37 @@ class Service:
         self._loading.start()
 
     @bentoml.on_shutdown
+    async def _missing(self, name: str) -> routing.ModelFailure:
+        """Why a model the request needs is not here: no champion yet, or left out."""
+        champion = await asyncio.to_thread(self._has_champion, name)
+        if champion is False:
+            why = (
+                f"{name}: no @champion yet; train it (`fleet train {name}`), then serve it "
+                "(`fleet stop`, then `fleet serve`)"
+            )
+        else:
+            why = (
+                f"{name}: not served by this gateway ({self.mode} topology, started without "
+                f"it); serve it (`fleet stop`, then `fleet serve`)"
+            )
+        return routing.ModelFailure(name, why)
+
+    def _has_champion(self, name: str) -> bool | None:
+        """Whether the registry holds a @champion (None: the registry cannot be asked);
+        remembered for a minute, so unserved requests do not each ask MLflow."""
+        now = time.monotonic()
+        known = self._champions.get(name)
+        if known is not None and now - known[0] < 60:
+            return known[1]
+        try:
+            from fleet.registry import champion_info
+
+            found: bool | None = champion_info(self.settings, name) is not None
+        except Exception:  # a gateway without registry access still answers
+            found = None
+        self._champions[name] = (now, found)
+        return found
+
     async def close(self) -> None:
         await self.writer.aclose()
         if self.client is not None:
@@ -271,11 +310,3 @@ class Service:
 # token, JSON only and the body cap, before BentoML reads a byte (fleet.guard)
 _settings = Settings()
 Service.add_asgi_middleware(Guard, token=_settings.token, max_body_bytes=_settings.max_body_bytes)
-
-
-async def _missing(name: str, mode: str) -> routing.ModelFailure:
-    return routing.ModelFailure(
-        name,
-        f"{name}: not served by this gateway ({mode} topology); if it has no @champion yet, "
-        f"train it (`fleet train {name}`) and serve it (`fleet stop`, then `fleet serve`)",
-    )

@@ -119,7 +119,7 @@ def _missing(tag: str) -> StoreError:
     home = os.environ.get("BENTOML_HOME", "~/bentoml")
     return StoreError(
         f"Bento model {tag} is not in the store at {home}; run `fleet serve` (it imports "
-        "the champions) or import it with bentos.store.import_champion(settings, model)"
+        "the champions) or import it with fleet.bento_store.import_champion(settings, model)"
     )
 
 

@@ -1,0 +1,273 @@
+"""`fleet bench topology`: micro against mono on this machine, then simulated beyond it.
+
+1. **Measured.** The fleet's champions served twice, one topology after the other, on
+   free loopback ports from a scratch root (``<root>/bench/topology``, sharing the
+   registry): *micro* (gateway + one ``bentoml serve`` per model, workers from the
+   specs) and *mono* (the gateway hosting every model). Mono gets as many workers as
+   micro has worker processes in all (gateway included), so both run the same number of
+   Python workers. Load comes from a separate closed-loop ``python -m bench.load``
+   process per point (bounded in requests and time); an answer with any per-model error
+   counts as an error. Per point: throughput, p50/p95/p99, errors, and the CPU of every
+   component and of the load process (psutil), hence the cores used; after each
+   topology, the memory of every component (RSS and PSS of its process tree).
+2. **Calibration.** Per-model predict time in process (CPU per record), then single-kind
+   runs: direct calls to each model service, and each request kind through each
+   gateway. CPU per request per component comes from CPU accounting (robust to a busy
+   machine); hop delays from the concurrency-1 latencies. ``fit_calibration`` turns
+   them into a ``bench.simulation.Calibration``.
+3. **Validation.** The simulator replays every measured point (profile x topology x
+   concurrency, closed loop, load generator on the same cores); relative errors of
+   throughput, p50 and p99 are reported, their mean over throughput and p50 is the
+   headline ``validation_error``.
+4. **Beyond one machine.** Open-loop sweeps for 1..64 machines (per-model scaling for
+   micro, whole-process replicas for mono), and, per traffic mix, every way of
+   consolidating models into the gateway ranked by capacity within a p99 budget.
+
+Writes ``bench/results/topology.{json,md}``, PNG plots under ``docs/topology/`` and the
+generated section of ``docs/topology.md``.
+
+By job: ``config`` (levels, budgets, paths), ``traffic`` (request kinds, profiles),
+``measure`` (processes, CPU, memory, the served fleet), ``model`` (calibration fit,
+validation, sweeps), ``report`` (markdown, plots, docs); this module runs them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.topology.config import (
+    BEGIN,
+    CALIBRATION_LEVEL,
+    DOCS_DIR,
+    END,
+    LEVELS,
+    MACHINES,
+    NET_S,
+    P99_BUDGET_MS,
+    PLOTS_SUBDIR,
+    RESULTS_DIR,
+    TOPOLOGIES,
+    Say,
+)
+from bench.topology.measure import Point, predict_cpu_s, serving, worker_counts
+from bench.topology.model import (
+    Observation,
+    advice,
+    findings,
+    fit_calibration,
+    observation,
+    relative_error,
+    sweep,
+    validate,
+)
+from bench.topology.report import TopologyBench, markdown, plot, write_docs_section
+from bench.topology.traffic import body, mixed_bodies, profiles, request_classes
+from fleet.catalog import get_model
+from fleet.catalog import models as catalog_models
+from fleet.settings import REPO_ROOT, Settings
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+def scratch_settings(settings: Settings) -> Settings:
+    """The bench's own state root (pid files, logs, stores) sharing the registry."""
+    return Settings(
+        home=settings.root / "bench" / "topology",
+        MLFLOW_TRACKING_URI=settings.tracking_uri,
+        results_url=None,
+        predictions_url=None,
+    )
+
+
+def run_topology_bench(
+    settings: Settings,
+    requests: int = 600,
+    levels: Sequence[int] = LEVELS,
+    calibration_requests: int | None = None,
+    machines: Sequence[int] = MACHINES,
+    sim_requests: int = 1500,
+    advice_machines: Sequence[int] = (1, 8),
+    p99_budget_ms: float = P99_BUDGET_MS,
+    time_bound_s: float = 60.0,
+    out_dir: Path = RESULTS_DIR,
+    docs_dir: Path | None = DOCS_DIR,
+    say: Say = print,
+    only_profiles: Sequence[str] | None = None,
+    calibration_level: int | None = CALIBRATION_LEVEL,
+) -> TopologyBench:
+    """Measure, calibrate, validate, simulate; write JSON, markdown, plots and the doc.
+
+    ``only_profiles`` and ``calibration_level=None`` (calibrate at one client only) are
+    for smoke runs.
+    """
+    from bench.serve import ensure_champion, machine_facts, request_records
+    from fleet import bento_store as store
+
+    cal_n = calibration_requests or max(20, requests // 2)
+    warmup = max(5, requests // 10)
+    infos = {name: ensure_champion(settings, name, say) for name in catalog_models()}
+    scratch = scratch_settings(settings)
+    scratch.root.mkdir(parents=True, exist_ok=True)
+    for db in ("results.db", "predictions.db"):  # bench traffic only, no need to keep it
+        for path in scratch.serving_dir.glob(f"{db}*"):
+            path.unlink()
+    tags = {name: store.import_champion(scratch, name) for name in catalog_models()}
+    records = {}
+    for name in catalog_models():
+        kind = get_model(name).dataset.record
+        if kind not in records:
+            records[kind] = request_records(settings, get_model(name), infos[name], n=500)
+
+    say("predict time per model, in process (CPU per record, one thread)")
+    predict_s = {}
+    with store.model_store(scratch):
+        for name, tag in tags.items():
+            spec = get_model(name)
+            loaded = store.load_model(tag)
+            predict_s[name] = predict_cpu_s(spec, loaded.model, records[spec.dataset.record], 300)
+    slowest = max(predict_s, key=lambda m: predict_s[m])
+    mixes = profiles(slowest)
+    if only_profiles:
+        mixes = {k: v for k, v in mixes.items() if k in only_profiles}
+    classes = request_classes()
+    model_workers, micro_gw, mono_gw = worker_counts()
+    cores = os.cpu_count() or 1
+    bench = TopologyBench(
+        requests=requests,
+        levels=list(levels),
+        workers={
+            "micro": {
+                "gateway": micro_gw,
+                "models": model_workers,
+                "total": micro_gw + sum(model_workers.values()),
+            },
+            "mono": {"total": mono_gw},
+        },
+        profiles=mixes,
+        machine=machine_facts(),
+        predict_ms={m: round(v * 1000, 4) for m, v in predict_s.items()},
+    )
+    ok_gateway = {"require": ["results"], "forbid": ["errors"]}
+    direct: dict[str, Observation] = {}
+    by_mode: dict[str, dict[str, Observation]] = {"micro": {}, "mono": {}}
+    profile_points: list[Point] = []
+    for topology in TOPOLOGIES:
+        say(f"starting {topology} (logs under {scratch.serving_dir / 'logs'})")
+        with serving(scratch, topology, tags) as fleet:
+            gw = f"{fleet.gateway_url}/predict"
+            # first requests pay for lazy imports and caches in every worker: not measured
+            warm = mixed_bodies({"flight": 1, "review_sentiment": 1}, records)
+            count = min(20 * mono_gw, max(10, requests))
+            fleet.run("warm-up", "gateway", gw, warm, 4, count, 0, time_bound_s, **ok_gateway)
+            fleet.measure_idle()
+
+            def pair(
+                target: str, url: str, bodies: list[Any], check: dict[str, list[str]], label: str
+            ) -> tuple[Point, Point]:
+                quiet = fleet.run(
+                    label, target, url, bodies, 1, cal_n, warmup, time_bound_s, **check
+                )
+                runs = [quiet]
+                if calibration_level is not None:
+                    runs.append(
+                        fleet.run(
+                            label, target, url, bodies, calibration_level, cal_n, warmup,
+                            time_bound_s, **check,
+                        )
+                    )  # fmt: skip
+                bench.calibration_runs += [run.summary() for run in runs]
+                return quiet, runs[-1]
+
+            if topology == "micro":
+                for name in catalog_models():
+                    say(f"calibration: {name} service, direct")
+                    rows = records[get_model(name).dataset.record]
+                    answer = "prediction"
+                    q, b = pair(
+                        name,
+                        f"{fleet.running[name].url}/predict",
+                        [{"record": r} for r in rows],
+                        {"require": [answer], "forbid": []},
+                        f"calibration:{name}",
+                    )
+                    direct[name] = observation(q, b, name)
+            for kind in classes:
+                say(f"calibration: {kind} requests through the {topology} gateway")
+                bodies = [body(kind, records, i) for i in range(200)]
+                q, b = pair("gateway", gw, bodies, ok_gateway, f"calibration:{kind}")
+                by_mode[topology][kind] = observation(q, b, "gateway")
+            for profile, mix in mixes.items():
+                bodies = mixed_bodies(mix, records)
+                for level in levels:
+                    say(f"{topology}, {profile}: {level} client(s), {requests} requests")
+                    point = fleet.run(
+                        profile,
+                        "gateway",
+                        gw,
+                        bodies,
+                        level,
+                        requests,
+                        warmup,
+                        time_bound_s,
+                        **ok_gateway,
+                    )
+                    profile_points.append(point)
+                    bench.measured.setdefault(profile, {}).setdefault(topology, []).append(
+                        {
+                            **asdict(point.level),
+                            "cores_used": round(point.cores_used, 3),
+                            "cpu_ms_per_request": point.summary()["cpu_ms_per_request"],
+                        }
+                    )
+            bench.memory[topology] = fleet.memory()
+
+    say("fitting the calibration; validating the simulator on the measured points")
+    cal = fit_calibration(predict_s, direct, by_mode["micro"], by_mode["mono"], classes)
+    bench.calibration = asdict(cal)
+    bench.simulation = {
+        "cores_per_machine": cores,
+        "net_ms": NET_S * 1000,
+        "p99_budget_ms": p99_budget_ms,
+        "validation": validate(cal, profile_points, mixes, cores, sim_requests),
+    }
+    say(
+        f"validation error {bench.simulation['validation']['validation_error']:.1%}; "
+        f"sweeping 1..{max(machines)} machines"
+    )
+    scaling = sweep(cal, mixes, cores, machines, sim_requests)
+    bench.simulation["scaling"] = scaling
+    bench.simulation["findings"] = findings(scaling, p99_budget_ms)
+    say("ranking consolidation layouts per profile")
+    bench.simulation["advice"] = advice(
+        cal, mixes, cores, advice_machines, p99_budget_ms, sim_requests
+    )
+    bench.simulation["validation_error"] = bench.simulation["validation"]["validation_error"]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots_dir = (docs_dir / PLOTS_SUBDIR) if docs_dir is not None else out_dir / PLOTS_SUBDIR
+    paths = plot(bench, plots_dir)
+    bench.plots = [
+        str(p.relative_to(REPO_ROOT)) if p.is_relative_to(REPO_ROOT) else str(p) for p in paths
+    ]
+    bench.json_path = out_dir / "topology.json"
+    bench.markdown_path = out_dir / "topology.md"
+    bench.json_path.write_text(json.dumps(bench.summary(), indent=2) + "\n")
+    rel_from_results = os.path.relpath(plots_dir, out_dir)
+    bench.markdown_path.write_text(
+        "## Topology benchmark\n\n" + markdown(bench, rel_from_results) + "\n"
+    )
+    if docs_dir is not None:
+        write_docs_section(docs_dir / "topology.md", markdown(bench, PLOTS_SUBDIR))
+    return bench
+
+
+__all__ = [
+    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "mixed_bodies",
+    "profiles", "relative_error", "request_classes", "run_topology_bench",
+    "write_docs_section",
+]  # fmt: skip

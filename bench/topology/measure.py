@@ -1,0 +1,255 @@
+"""Measuring a served topology: process trees' CPU and memory, points, the fleet."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.load import LevelResult, LoadSpec, run_load_process
+from fleet.catalog import models as catalog_models
+from fleet.settings import Settings
+
+# --- measuring: processes, CPU, memory --------------------------------------------------
+
+
+def _tree(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants."""
+    import psutil
+
+    total = 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def tree_memory(pid: int) -> dict[str, float]:
+    """Processes, RSS and PSS (MB, proportional share of pages shared between workers)."""
+    import psutil
+
+    procs, rss, pss = 0, 0.0, 0.0
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            info = proc.memory_full_info()
+            procs += 1
+            rss += info.rss
+            pss += getattr(info, "pss", info.rss)
+    return {"processes": procs, "rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1)}
+
+
+@dataclass
+class Point:
+    """One measured load run: what the load generator saw and what each part spent."""
+
+    topology: str
+    profile: str  # a profile name, or "calibration:<target>"
+    target: str  # gateway, or the model service called directly
+    level: LevelResult
+    sent: int  # requests sent in the run, warm-up included
+    cpu_s: dict[str, float]  # component -> CPU seconds over the run, idle subtracted
+    client_cpu_s: float  # the load process, measured level only
+    background_cores: float = 0.0  # cores busy with anything else on the machine meanwhile
+
+    @property
+    def cores_used(self) -> float:
+        """Busy cores during the level: services (per request x rate) + the load process."""
+        per_request = sum(self.cpu_s.values()) / max(self.sent, 1)
+        client = self.client_cpu_s / max(self.level.wall_s, 1e-9)
+        return per_request * self.level.req_per_s + client
+
+    def per_request(self, component: str) -> float:
+        return self.cpu_s.get(component, 0.0) / max(self.sent, 1)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "topology": self.topology,
+            "profile": self.profile,
+            "target": self.target,
+            **asdict(self.level),
+            "sent": self.sent,
+            "cpu_ms_per_request": {
+                k: round(v / max(self.sent, 1) * 1000, 3) for k, v in self.cpu_s.items()
+            },
+            "client_cpu_ms_per_request": round(
+                self.client_cpu_s / max(self.level.requests, 1) * 1000, 3
+            ),
+            "cores_used": round(self.cores_used, 3),
+            "background_cores": round(self.background_cores, 3),
+        }
+
+
+class Fleet:
+    """One running topology: its components' pids and URLs, and their idle CPU rates."""
+
+    def __init__(self, topology: str, running: list[Any]) -> None:
+        self.topology = topology
+        self.running = {r.name: r for r in running}
+        self.idle_rate: dict[str, float] = {}
+
+    @property
+    def gateway_url(self) -> str:
+        return self.running["gateway"].url
+
+    def cpu(self) -> dict[str, float]:
+        return {name: tree_cpu(r.pid) for name, r in self.running.items()}
+
+    def measure_idle(self, windows: int = 3, seconds: float = 1.0) -> None:
+        """Background CPU (metrics, supervisors) per second, subtracted from every run.
+
+        The lowest of a few windows: a worker still finishing its start-up must not count
+        as idle cost (it would be subtracted from every request after).
+        """
+        rates: dict[str, list[float]] = {}
+        for _ in range(windows):
+            before, t0 = self.cpu(), time.perf_counter()
+            time.sleep(seconds)
+            after, wall = self.cpu(), time.perf_counter() - t0
+            for k in after:
+                rates.setdefault(k, []).append(max(0.0, (after[k] - before[k]) / wall))
+        self.idle_rate = {k: min(v) for k, v in rates.items()}
+
+    def memory(self) -> dict[str, dict[str, float]]:
+        return {name: tree_memory(r.pid) for name, r in self.running.items()}
+
+    def run(
+        self,
+        profile: str,
+        target: str,
+        url: str,
+        bodies: list[Any],
+        level: int,
+        requests: int,
+        warmup: int,
+        time_bound_s: float,
+        require: list[str],
+        forbid: list[str],
+    ) -> Point:
+        spec = LoadSpec(
+            url=url,
+            bodies=bodies,
+            levels=[level],
+            requests=requests,
+            warmup=warmup,
+            time_bound_s=time_bound_s,
+            require=require,
+            forbid=forbid,
+            headers=Settings().auth_headers(),
+        )
+        before, t0 = self.cpu(), time.perf_counter()
+        machine0, children0 = machine_busy(), _children_cpu()
+        (result,) = run_load_process(spec)
+        after, wall = self.cpu(), time.perf_counter() - t0
+        ours = sum(after.values()) - sum(before.values()) + _children_cpu() - children0
+        background = max(0.0, (machine_busy() - machine0 - ours) / wall)
+        cpu = {k: max(0.0, after[k] - before[k] - self.idle_rate.get(k, 0.0) * wall) for k in after}
+        sent = result.requests + (warmup if warmup else 0)
+        return Point(self.topology, profile, target, result, sent, cpu, result.cpu_s, background)
+
+
+def machine_busy() -> float:
+    """CPU seconds the whole machine has spent on anything but idling, since boot."""
+    import psutil
+
+    t = psutil.cpu_times()
+    fields = ("user", "nice", "system", "irq", "softirq", "steal")  # guest is inside user
+    return sum(getattr(t, f, 0.0) for f in fields)
+
+
+def _children_cpu() -> float:
+    """CPU of this process's finished children (the load processes once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _consecutive_free_ports(host: str, count: int) -> int:
+    from fleet import processes
+
+    for _ in range(50):
+        base = processes.free_port(host)
+        if all(processes.port_free(host, base + i) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports on {host}")
+
+
+def worker_counts() -> tuple[dict[str, int], int, int]:
+    """Model workers (specs), micro's gateway workers, and mono's: the same total."""
+    model_workers = {name: spec.serving.workers for name, spec in catalog_models().items()}
+    micro_gateway = 1  # the gateway's service declares no workers: BentoML's default
+    return model_workers, micro_gateway, sum(model_workers.values()) + micro_gateway
+
+
+@contextlib.contextmanager
+def serving(
+    scratch: Settings, topology: str, tags: dict[str, str], timeout: float = 180.0
+) -> Iterator[Fleet]:
+    """Start ``topology`` (``fleet.topology`` plan) on free ports; stop it on any exit."""
+    from dataclasses import replace
+
+    from fleet import processes
+    from fleet import topology as topo
+
+    host = scratch.serve_host
+    processes.stop_all(scratch, grace=5)  # leftovers of an interrupted run, ours only
+    ports = scratch.model_copy(
+        update={
+            "gateway_port": processes.free_port(host),
+            "model_port_base": _consecutive_free_ports(host, len(catalog_models())),
+        }
+    )
+    plan = topo.plan(ports, topology, list(catalog_models()), tags)  # type: ignore[arg-type]
+    if topology == "mono":
+        _, _, mono_workers = worker_counts()
+        override = json.dumps({"services": {topo.GATEWAY: {"workers": mono_workers}}})
+        plan = replace(
+            plan,
+            launches=[
+                replace(la, env={**la.env, "BENTOML_CONFIG_OVERRIDES": override})
+                if la.name == topo.GATEWAY
+                else la
+                for la in plan.launches
+            ],
+        )
+    started: list[Any] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        # no supervisor: a benchmark stops what it measured, nothing restarts it
+        started = topo.start_plan(ports, plan, timeout=timeout, supervise=False)
+        yield Fleet(topology, started)
+    finally:
+        for running in reversed(started):
+            processes.stop(ports, running, grace=10)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def predict_cpu_s(spec: Any, model: Any, records: list[dict[str, Any]], n: int) -> float:
+    """Mean CPU seconds of ``to_frame`` + ``predict`` of one record, one thread."""
+    from fleet import serving, training
+
+    with training.limit_threads(1):
+        for record in records[:20]:  # warm caches and lazy imports
+            serving.predict(spec, model, serving.to_frame(spec, [record]))
+        t0 = time.process_time()
+        for i in range(n):
+            serving.predict(spec, model, serving.to_frame(spec, [records[i % len(records)]]))
+        return (time.process_time() - t0) / n

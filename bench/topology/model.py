@@ -1,0 +1,319 @@
+"""The calibration fit, the simulator's validation against measured points, and the
+simulated sweeps beyond one machine (pure, but for the simulator)."""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench import simulation as sim
+from bench.topology.config import LOAD_FRACTIONS, NET_S, TARGET_VALIDATION_ERROR, TOPOLOGIES
+from bench.topology.measure import Point, worker_counts
+from bench.topology.traffic import request_classes
+from fleet.catalog import models as catalog_models
+
+# --- calibration fit (pure) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A calibration run reduced to what the fit needs (seconds)."""
+
+    cpu_per_request: float  # of the component under study (model service or gateway)
+    client_per_request: float
+    p50_c1_s: float  # median latency at concurrency 1
+    p99_c1_s: float
+
+
+def fit_calibration(
+    predict_s: Mapping[str, float],
+    direct: Mapping[str, Observation],
+    micro: Mapping[str, Observation],
+    mono: Mapping[str, Observation],
+    classes: Mapping[str, sim.RequestClass],
+) -> sim.Calibration:
+    """Per-request costs from single-kind runs (see ``bench.simulation.Calibration``).
+
+    - ``server_s``: mean over models of (direct call CPU - predict CPU);
+    - ``call_s``, ``gateway_s["micro"]``: least squares of micro gateway CPU per request
+      on the number of model calls (a full flight request makes two);
+    - ``gateway_s["mono"]``: mean of (mono gateway CPU - predicts of its models);
+    - ``hop_s``: from direct calls at concurrency 1, latency not explained by CPU, halved;
+    - ``wait_s``: per mode, gateway latency at concurrency 1 not explained by CPU + hops;
+    - ``sigma``: spread of direct-call latencies at concurrency 1 (lognormal p99/p50).
+    Negative leftovers of noisy measurements are clamped to zero.
+    """
+    server = statistics.fmean(max(0.0, o.cpu_per_request - predict_s[m]) for m, o in direct.items())
+    all_obs = [*direct.values(), *micro.values(), *mono.values()]
+    client = statistics.fmean(o.client_per_request for o in all_obs)
+    xs = [len(classes[k].models) for k in micro]
+    ys = [o.cpu_per_request for o in micro.values()]
+    if len(set(xs)) > 1:
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+            (x - mx) ** 2 for x in xs
+        )
+        call = max(0.0, slope)
+    else:
+        call = 0.0
+    gw_micro = max(0.0, statistics.fmean(y - call * x for x, y in zip(xs, ys, strict=True)))
+    gw_mono = max(
+        0.0,
+        statistics.fmean(
+            o.cpu_per_request - sum(predict_s[m] for m in classes[k].models)
+            for k, o in mono.items()
+        ),
+    )
+    hop = statistics.fmean(
+        max(0.0, (o.p50_c1_s - client - o.cpu_per_request) / 2) for o in direct.values()
+    )
+    spreads = [math.log(o.p99_c1_s / o.p50_c1_s) / 2.326 for o in direct.values() if o.p50_c1_s > 0]
+    sigma = min(1.0, max(0.05, statistics.fmean(spreads))) if spreads else 0.3
+
+    def unexplained_micro(kind: str, o: Observation) -> float:
+        calls = max(call + 2 * hop + server + predict_s[m] for m in classes[kind].models)
+        return o.p50_c1_s - (client + 2 * hop + gw_micro + calls)
+
+    def unexplained_mono(kind: str, o: Observation) -> float:
+        work = gw_mono + sum(predict_s[m] for m in classes[kind].models)
+        return o.p50_c1_s - (client + 2 * hop + work)
+
+    wait = {
+        "micro": max(0.0, statistics.fmean(unexplained_micro(k, o) for k, o in micro.items())),
+        "mono": max(0.0, statistics.fmean(unexplained_mono(k, o) for k, o in mono.items())),
+    }
+    return sim.Calibration(
+        predict_s=dict(predict_s),
+        server_s=server,
+        call_s=call,
+        gateway_s={"micro": gw_micro, "mono": gw_mono},
+        client_s=client,
+        hop_s=hop,
+        wait_s=wait,
+        sigma=sigma,
+    )
+
+
+def observation(point_c1: Point, point_busy: Point, component: str) -> Observation:
+    return Observation(
+        cpu_per_request=point_busy.per_request(component),
+        client_per_request=point_busy.client_cpu_s / max(point_busy.level.requests, 1),
+        p50_c1_s=point_c1.level.p50_ms / 1000,
+        p99_c1_s=point_c1.level.p99_ms / 1000,
+    )
+
+
+# --- validation (pure but for the simulator) --------------------------------------------
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / measured if measured > 0 else float("inf")
+
+
+def validate(
+    cal: sim.Calibration,
+    points: Sequence[Point],
+    mixes: Mapping[str, Mapping[str, float]],
+    cores: int,
+    sim_requests: int,
+    quantum_s: float | None = None,
+) -> dict[str, Any]:
+    """The simulator's prediction of every measured profile point, and its errors."""
+    model_workers, micro_gw, mono_gw = worker_counts()
+    classes = request_classes()
+    rows = []
+    for p in points:
+        dep = sim.measured_deployment(
+            p.topology,  # type: ignore[arg-type]
+            model_workers,
+            micro_gw if p.topology == "micro" else mono_gw,
+            cores,
+            background=p.background_cores,
+        )
+        res = sim.simulate_closed(
+            dep,
+            cal,
+            classes,
+            mixes[p.profile],
+            p.level.concurrency,
+            max(sim_requests, p.level.requests),
+            quantum_s=quantum_s,
+        )
+        rows.append(
+            {
+                "topology": p.topology,
+                "profile": p.profile,
+                "concurrency": p.level.concurrency,
+                "background_cores": round(p.background_cores, 3),
+                "measured": {
+                    "req_per_s": p.level.req_per_s,
+                    "p50_ms": p.level.p50_ms,
+                    "p99_ms": p.level.p99_ms,
+                    "cores_used": round(p.cores_used, 3),
+                },
+                "simulated": {
+                    "req_per_s": round(res.throughput, 1),
+                    "p50_ms": round(res.p50_ms, 2),
+                    "p99_ms": round(res.p99_ms, 2),
+                    "cores_used": round(res.cores_used, 3),
+                },
+                "error": {
+                    "req_per_s": round(relative_error(res.throughput, p.level.req_per_s), 4),
+                    "p50_ms": round(relative_error(res.p50_ms, p.level.p50_ms), 4),
+                    "p99_ms": round(relative_error(res.p99_ms, p.level.p99_ms), 4),
+                },
+            }
+        )
+    headline = [r["error"][k] for r in rows for k in ("req_per_s", "p50_ms")]
+    return {
+        "validation_error": round(statistics.fmean(headline), 4) if headline else None,
+        "throughput_error": round(statistics.fmean(r["error"]["req_per_s"] for r in rows), 4),
+        "p50_error": round(statistics.fmean(r["error"]["p50_ms"] for r in rows), 4),
+        "p99_error": round(statistics.fmean(r["error"]["p99_ms"] for r in rows), 4),
+        "max_error": round(max(headline), 4) if headline else None,
+        "target": TARGET_VALIDATION_ERROR,
+        "met": bool(headline) and statistics.fmean(headline) <= TARGET_VALIDATION_ERROR,
+        "points": rows,
+    }
+
+
+# --- beyond one machine (simulated) -----------------------------------------------------
+
+
+def _sweep_one(
+    cal: sim.Calibration, profile: str, mix: Mapping[str, float], n: int, cores: int,
+    requests: int, net_s: float,
+) -> list[dict[str, Any]]:  # fmt: skip
+    classes = request_classes()
+    deps = {
+        "micro": sim.scaled_deployment(n, cores, cal, classes, mix, (), net_s),
+        "mono": sim.scaled_deployment(n, cores, cal, classes, mix, list(catalog_models()), net_s),
+    }
+    bounds = {k: sim.capacity(d, cal, classes, mix) for k, d in deps.items()}
+    top = max(bounds.values())
+    out = []
+    for fraction in LOAD_FRACTIONS:
+        rate = fraction * top
+        for topology, dep in deps.items():
+            res = sim.simulate_open(dep, cal, classes, mix, rate, requests)
+            out.append(
+                {
+                    "profile": profile,
+                    "machines": n,
+                    "topology": topology,
+                    "cores": n * cores,
+                    "workers": dep.total_workers,
+                    "offered": round(rate, 1),
+                    "bound": round(bounds[topology], 1),
+                    "throughput": round(res.throughput, 1),
+                    "p50_ms": round(res.p50_ms, 2),
+                    "p99_ms": round(res.p99_ms, 2),
+                    "cores_used": round(res.cores_used, 2),
+                }
+            )
+    return out
+
+
+def _pool() -> Any:
+    """Simulations are independent and CPU-bound: one process per core."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(max_workers=os.cpu_count() or 1)
+
+
+def sweep(
+    cal: sim.Calibration,
+    mixes: Mapping[str, Mapping[str, float]],
+    cores: int,
+    machines: Sequence[int],
+    requests: int,
+    net_s: float = NET_S,
+) -> list[dict[str, Any]]:
+    """Open-loop runs of micro and mono per profile and machine count, at fractions of the
+    larger of the two bottleneck bounds (so both face the same offered loads)."""
+    with _pool() as pool:
+        jobs = [
+            pool.submit(_sweep_one, cal, profile, dict(mix), n, cores, requests, net_s)
+            for profile, mix in mixes.items()
+            for n in machines
+        ]
+        return [row for job in jobs for row in job.result()]
+
+
+def sustained(rows: Sequence[Mapping[str, Any]], budget_ms: float) -> float:
+    """Highest offered load kept up with (>= 97 %) within the p99 budget; 0 if none."""
+    ok = [
+        r["offered"]
+        for r in rows
+        if r["throughput"] >= 0.97 * r["offered"] and r["p99_ms"] <= budget_ms
+    ]
+    return max(ok, default=0.0)
+
+
+def findings(scaling: Sequence[Mapping[str, Any]], budget_ms: float) -> dict[str, dict[str, Any]]:
+    """Per profile: capacity of each topology per machine count, and where they cross."""
+    out: dict[str, dict[str, Any]] = {}
+    for profile in dict.fromkeys(r["profile"] for r in scaling):
+        rows = [r for r in scaling if r["profile"] == profile]
+        per_n: dict[str, Any] = {}
+        for n in sorted({r["machines"] for r in rows}):
+            at = {
+                t: [r for r in rows if r["machines"] == n and r["topology"] == t]
+                for t in TOPOLOGIES
+            }
+            cap = {t: sustained(at[t], budget_ms) for t in TOPOLOGIES}
+            micro_faster = [
+                m["offered"]
+                for m, o in zip(at["micro"], at["mono"], strict=True)
+                if m["p50_ms"] < o["p50_ms"] and m["throughput"] >= 0.97 * m["offered"]
+            ]
+            per_n[str(n)] = {
+                "capacity": cap,
+                "capacity_ratio_mono_over_micro": round(cap["mono"] / cap["micro"], 3)
+                if cap["micro"]
+                else None,
+                "micro_lower_p50_at_offered": micro_faster,
+                "cores_used_at_lowest_load": {t: at[t][0]["cores_used"] for t in TOPOLOGIES},
+            }
+        out[profile] = per_n
+    return out
+
+
+def _advice_one(
+    cal: sim.Calibration, mix: Mapping[str, float], n: int, cores: int, budget_ms: float,
+    requests: int,
+) -> list[dict[str, Any]]:  # fmt: skip
+    return [
+        {
+            "layout": s.layout,
+            "in_gateway": list(s.local),
+            "capacity": round(s.capacity, 1),
+            "p99_ms_at_reference_load": round(s.p99_ms_at_load, 2),
+        }
+        for s in sim.best_layouts(cal, request_classes(), mix, n, cores, budget_ms, requests)
+    ]
+
+
+def advice(
+    cal: sim.Calibration,
+    mixes: Mapping[str, Mapping[str, float]],
+    cores: int,
+    machines: Sequence[int],
+    budget_ms: float,
+    requests: int,
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Per profile and machine count: every consolidation layout, best first."""
+    with _pool() as pool:
+        jobs = {
+            (profile, n): pool.submit(_advice_one, cal, dict(mix), n, cores, budget_ms, requests)
+            for profile, mix in mixes.items()
+            for n in machines
+        }
+        out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for (profile, n), job in jobs.items():
+            out.setdefault(profile, {})[str(n)] = job.result()
+        return out
