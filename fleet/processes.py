@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fleet.files import write_text_atomic
+
 if TYPE_CHECKING:
     from fleet.settings import Settings
 
@@ -193,12 +195,9 @@ def is_healthy(url: str, timeout: float = 1.0, path: str = HEALTH_PATH) -> bool:
 
 
 def write_pid_file(settings: Settings, running: Running) -> Path:
-    path = pid_path(settings, running.name, running.group)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(asdict(running), indent=2))
-    tmp.replace(path)  # atomic: a reader never sees half a pid file
-    return path
+    # atomic: a reader never sees half a pid file
+    return write_text_atomic(pid_path(settings, running.name, running.group),
+                             json.dumps(asdict(running), indent=2))  # fmt: skip
 
 
 def read_pid_files(settings: Settings, group: str = SERVING) -> list[Running]:

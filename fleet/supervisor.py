@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from fleet import processes
+from fleet.files import write_text_atomic
 from fleet.settings import Settings, prepare_environment
 
 GROUP = "supervisor"
@@ -75,11 +76,8 @@ def read_state(settings: Settings) -> dict[str, dict]:
 
 
 def _write_state(settings: Settings, watches: dict[str, Watch]) -> None:
-    path = state_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({n: asdict(w) for n, w in watches.items()}, indent=1))
-    tmp.replace(path)
+    write_text_atomic(state_path(settings), json.dumps({n: asdict(w) for n, w in watches.items()},
+                                                       indent=1))  # fmt: skip
 
 
 class Supervisor:

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from fleet import catalog, processes
 from fleet.catalog import get_model, model_port
+from fleet.files import write_text_atomic
 from fleet.processes import Launch, Running
 from fleet.settings import REPO_ROOT, Settings
 
@@ -99,10 +100,7 @@ def tags_file(settings: Settings) -> Path:
 
 def write_json(path: Path, data: dict[str, str]) -> None:
     """Atomic write: the gateway never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 class _ServingLock:

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from fleet import training
+from fleet.files import write_text_atomic
 
 if TYPE_CHECKING:
     from fleet.catalog import ModelSpec
@@ -316,9 +317,7 @@ def stamp_decision(path: Path, title: str, lines: list[str], fired: bool) -> Non
     if start < 0 or end < start:
         raise ValueError(f"{path}: no decision placeholder (not written by this version)")
     stamped = page[: start + len(DECISION_MARK)] + block + page[end:]
-    tmp = path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(stamped, encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, stamped)
 
 
 def measure(
@@ -401,10 +400,7 @@ def measure(
 
     t0 = time.perf_counter()
     report_path = Path(report_path)
-    report_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report_path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(_combined_html(sections, report_path, assets), encoding="utf-8")
-    tmp.replace(report_path)
+    write_text_atomic(report_path, _combined_html(sections, report_path, assets))
     seconds["html"] = time.perf_counter() - t0
     return DriftMeasure(
         drift_share=share,

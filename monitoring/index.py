@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import os
-import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from fleet.files import write_text_atomic
 from monitoring.history import MonitorRun
 
 STYLE = """
@@ -97,9 +97,4 @@ def render(runs: Sequence[MonitorRun], index_dir: Path) -> str:
 def write_index(runs: Sequence[MonitorRun], path: Path) -> Path:
     """Render and atomically replace the index file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per writer: two monitors may finish at once, in one process or two
-    tmp = path.with_suffix(f".tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(render(runs, path.parent), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, render(runs, path.parent))

@@ -23,6 +23,6 @@ def test_the_cli_bench_times_real_commands_against_the_baseline(tmp_path: Path) 
 
 
 def test_a_command_with_the_wrong_exit_code_is_an_error(tmp_path: Path) -> None:
-    wrong = [("models said to fail", ["train", "no_such_model"], 1.0, 0)]
+    wrong = [("an argument error taken for a success", ["train", "no_such_model"], 1.0, 0)]
     with pytest.raises(RuntimeError, match="exited 2"):
         run_cli_bench(tmp_path, repeat=1, say=lambda _: None, commands=wrong)
