@@ -4,9 +4,11 @@ An offline replay of one model's retrain policy, once per training-window length
 against its own frozen model in the same run. Per length: the bootstrap model is trained
 on the weeks before ``start`` (windows are cut at the first day of data, as in the
 replay) and frozen. Every ``retrain_every`` weeks, once the week's labels are in, a
-challenger is trained on the window ending there and promoted by the champion gate's
-rule (``fleet.training.is_better``: beat the champion by the spec's margin, and the
-trivial baseline, on the newest holdout). Each live week scores the champion of the
+challenger is trained on the window ending there and promoted by the fixed-margin rule
+the champion gate used before its paired test (``fleet.training.is_better``: beat the
+champion by the spec's margin, and the trivial baseline, on the newest holdout); its
+results in ``bench/results/window-*`` were measured with that rule and are kept as
+the evidence for the training-window length. Each live week scores the champion of the
 moment and the frozen model on all of the week's rows, and on the same sample the
 replay sends (``fleet.replay.sample_rows``, same seed).
 

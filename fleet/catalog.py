@@ -52,6 +52,8 @@ METRICS: dict[str, tuple[str, bool]] = {
     "r2": ("regression", True),
 }
 FEATURE_KINDS = ("numeric", "integer", "categorical", "text")
+# what the drift job measures of a text feature besides its content (no downloads needed)
+TEXT_DESCRIPTORS = ("length", "words")
 
 # named built-ins; anything else must be a dotted path ``package.module:function``
 BUILTIN_ESTIMATORS = {
@@ -228,18 +230,35 @@ class Dataset(_Spec):
 
 class PromotionRule(_Spec):
     metric: Metric
-    margin: float = Field(0.0, ge=0)  # candidate must beat the champion by at least this
+    # the candidate's gain over the champion, at its lower confidence bound, must reach this
+    margin: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, ge=0.5, lt=1)  # one-sided level of that lower bound
 
     @property
     def greater_is_better(self) -> bool:
         return METRICS[self.metric][1]
 
 
+# how one monitored column is judged: ``exclude`` (not measured: calendar columns, which
+# always differ from the training weeks), ``watch`` (measured and shown, never counted:
+# seasonal shifts), or a number (its own drift threshold, for the method of its kind)
+FeatureJudgement = Literal["exclude", "watch"] | float
+
+
 class DriftPolicy(_Spec):
-    share_threshold: float = Field(0.5, gt=0, le=1)  # share of drifted features that fires
-    quality_drop: float = Field(0.05, ge=0)  # metric drop against the champion's score
+    # share of the judged columns (not excluded, not watched) drifted that fires
+    share_threshold: float = Field(0.5, gt=0, le=1)
+    # the smallest drop of the metric below the champion's holdout score worth a retrain;
+    # the drop must reach it at its lower confidence bound (``confidence``, one-sided)
+    quality_drop: float = Field(0.0, ge=0)
+    confidence: float = Field(0.95, ge=0.5, lt=1)
     min_rows: int = Field(500, ge=1)
     cooldown_days: int = Field(14, ge=0)
+    features: dict[str, FeatureJudgement] = Field(default_factory=dict)
+
+    def judgement(self, column: str) -> FeatureJudgement | None:
+        """How ``column`` is judged; None: by its kind's default threshold."""
+        return self.features.get(column)
 
 
 class ServingSettings(_Spec):
@@ -328,6 +347,16 @@ class ModelSpec(_Spec):
             if target.kind not in ("numeric", "integer"):
                 raise ValueError(f"a regression target must be numeric, not {target.kind}")
         self._check_builtin_estimator()
+        monitored = set(self.features) | set(self.text_descriptors)
+        unknown = sorted(set(self.drift.features) - monitored)
+        if unknown:
+            raise ValueError(
+                f"drift.features names {unknown}, which are not monitored; monitored: "
+                f"{', '.join(sorted(monitored))}"
+            )
+        judged = [c for c in monitored if self.drift.judgement(c) not in ("exclude", "watch")]
+        if not judged:
+            raise ValueError("drift.features excludes or watches every column: none is judged")
         return self
 
     def _check_builtin_estimator(self) -> None:
@@ -336,6 +365,14 @@ class ModelSpec(_Spec):
             raise ValueError("estimator 'tabular' takes numeric, integer and categorical features")
         if self.estimator.name == "text" and (kinds != ["text"] or self.task != "classification"):
             raise ValueError("estimator 'text' takes one text feature and a classification")
+
+    @property
+    def text_descriptors(self) -> dict[str, tuple[str, str]]:
+        """Descriptor column -> (text feature, descriptor kind), monitored for drift."""
+        return {
+            f"{c.name}_{kind}": (c.name, kind)
+            for c in self.feature_columns if c.kind == "text" for kind in TEXT_DESCRIPTORS
+        }  # fmt: skip
 
     @property
     def feature_columns(self) -> list[Column]:

@@ -285,7 +285,11 @@ def models() -> None:
             table.add_row(row.model, row.task, "-", row.metric, "-", "0", row.note)
             continue
         champion = "-" if row.champion_version is None else f"v{row.champion_version}"
+        if row.champion_gain:
+            champion += f"\ngain {row.champion_gain}"
         decision = f"v{row.last_version} {row.last_decision or '-'}"
+        if row.last_gain and row.last_version != row.champion_version:
+            decision += f"\ngain {row.last_gain}"
         table.add_row(
             row.model,
             row.task,
@@ -430,6 +434,30 @@ def _print_timeline(summary: dict) -> None:
         f"{summary['models'][n]['closed_loop']} ({summary['models'][n]['frozen']})" for n in models
     ]
     table.add_row("mean", *means)
+    console.print(table)
+    _print_arms(summary)
+
+
+def _print_arms(summary: dict) -> None:
+    """The three arms side by side: mean metric, retrains, promotions, seconds fitting."""
+    arms = summary.get("arms", {})
+    order = [a for a in ("closed_loop", "scheduled", "frozen") if a in arms]
+    table = Table(title="replay: the loop against its peers (mean weekly metric)")
+    table.add_column("model", no_wrap=True)
+    table.add_column("metric")
+    for arm in order:
+        table.add_column(arm.replace("_", " "), justify="right")
+    for arm in order[:-1]:
+        table.add_column(f"{arm.replace('_', ' ')}: retrains / promoted / fit s", justify="right")
+    for name, info in summary["models"].items():
+        better = "higher" if info["greater_is_better"] else "lower"
+        cells = [_fmt(arms[a][name]["mean_metric"]) for a in order]
+        cells += [
+            f"{arms[a][name]['retrains']} / {arms[a][name]['promotions']} / "
+            f"{arms[a][name]['train_seconds']:.1f}"
+            for a in order[:-1]
+        ]
+        table.add_row(name, f"{info['metric']} ({better} better)", *cells)
     console.print(table)
 
 

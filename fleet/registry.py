@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import threading
 import time
@@ -49,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from fleet import catalog, lake, training
+from fleet import catalog, lake, stats, training
 from fleet.catalog import ModelSpec, get_model
 from fleet.training import Window
 
@@ -141,6 +142,8 @@ class ModelRow:
     window: str | None = None
     last_version: int | None = None
     last_decision: str | None = None
+    champion_gain: str = ""  # the champion's gain at its promotion, with the interval
+    last_gain: str = ""  # the last decided version's, likewise
     note: str = ""
 
 
@@ -483,6 +486,73 @@ def _int_or_none(value: str | None) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
+def gain_text(tags: dict[str, str]) -> str:
+    """``+0.0120 [+0.0040, +0.0200] at 95%``: a decided version's gain over the champion
+    it was judged against, with its interval; empty when it was not compared."""
+    try:
+        gain, low, high = (float(tags[k]) for k in ("gain", "gain_low", "gain_high"))
+    except (KeyError, ValueError):
+        return ""
+    return f"{gain:+.4f} [{low:+.4f}, {high:+.4f}] at {tags.get('gain_confidence', '?')}"
+
+
+def judge(
+    spec: ModelSpec,
+    candidate: Any,
+    champion: Any | None,
+    X_hold: pd.DataFrame,
+    y_hold: pd.Series,
+    baseline_score: float,
+) -> tuple[bool, str, dict[str, str]]:
+    """The champion gate as a pure function: (promote, reason, tags to record).
+
+    Candidate and champion answer the same held-out rows; the candidate is promoted when
+    its gain's lower confidence bound (``promotion.confidence``, one-sided, from the
+    paired test of ``fleet.stats.compare``) reaches ``promotion.margin`` and it beats
+    the trivial baseline by the margin. The first champion needs only the baseline.
+    """
+    rule = spec.promotion
+    metric = rule.metric
+    cand_pred = training.predict(spec, candidate, X_hold)
+    own = stats.estimate(spec, y_hold, cand_pred)
+    cand_score = own.value
+    beats_baseline = training.is_better(spec, cand_score, baseline_score)
+    vs_base = f"the trivial baseline {baseline_score:.4f}"
+    tags = {"candidate_score": _fmt(cand_score), "candidate_se": _fmt(own.se)}
+    if champion is None:
+        verdict = "beats" if beats_baseline else "does not beat"
+        reason = f"first champion: {metric} {cand_score:.4f} {verdict} {vs_base}"
+        if not beats_baseline:
+            reason = reason.removeprefix("first champion: ")
+        return beats_baseline, reason + f" by {rule.margin} or more", tags
+    champ_pred = training.predict(spec, champion, X_hold)
+    champ_score = training.prediction_scores(spec, y_hold, **champ_pred.as_kwargs())[metric]
+    compared = stats.compare(spec, y_hold, cand_pred, champ_pred)
+    low, high = compared.interval(rule.confidence)
+    level = f"{rule.confidence:.0%}"
+    clears = bool(math.isfinite(low) and low > rule.margin)
+    promoted = clears and beats_baseline
+    tags.update(
+        {
+            "champion_score": _fmt(champ_score),
+            "gain": _fmt(compared.gain),
+            "gain_low": _fmt(low),
+            "gain_high": _fmt(high),
+            "gain_confidence": level,
+            "gain_test": compared.method,
+        }
+    )
+    verdict = "clears" if clears else "does not clear"
+    reason = (
+        f"{metric} {cand_score:.4f} against {champ_score:.4f}: gain {compared.gain:+.4f}, "
+        f"{level} lower bound {low:+.4f} ({compared.method}, {compared.rows} rows) {verdict} "
+        f"the margin {rule.margin}"
+    )
+    if clears and not beats_baseline:
+        reason += f", but does not beat {vs_base}"
+    return promoted, reason, tags
+
+
 def promote_if_better(
     settings: Settings,
     spec: ModelSpec,
@@ -491,8 +561,8 @@ def promote_if_better(
     y_hold: pd.Series,
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> Decision:
-    """Score the candidate and the current champion on the same holdout; move
-    ``@champion`` only if the candidate beats it (and the baseline) by the margin.
+    """Judge the candidate against the current champion on the same holdout
+    (:func:`judge`); move ``@champion`` only if it wins.
 
     Serialised per model: the champion is read, scored and replaced under the model's
     lease, so two promotions racing end with the better model as champion. The decision
@@ -505,13 +575,8 @@ def promote_if_better(
     metric = spec.promotion.metric
     name = spec.name
     # both models come back from the registry: what is judged is what will be served
-    cand_score = training.score(
-        spec, load_version(settings, name, candidate.version), X_hold, y_hold
-    )[metric]
+    cand_model = load_version(settings, name, candidate.version)
     base_score = candidate.baseline[metric]
-    beats_baseline = training.is_better(spec, cand_score, base_score)
-    direction = "higher" if spec.promotion.greater_is_better else "lower"
-    margin = spec.promotion.margin
 
     with champion_lock(settings, name, lock_timeout_s) as lease:
         repair(mlc, name)
@@ -519,37 +584,19 @@ def promote_if_better(
         champ_version = int(champ.version) if champ is not None else None
         if champ_version == candidate.version:
             raise RegistryError(f"{name} v{candidate.version} is already the champion")
-        champ_score = None
-        if champ is not None:
-            champ_score = training.score(
-                spec, load_version(settings, name, champ.version), X_hold, y_hold
-            )[metric]
-
-        # every candidate must beat the trivial baseline; with a champion, that too
-        vs_base = f"the trivial baseline {base_score:.4f}"
-        if champ_score is None:
-            promoted = beats_baseline
-            verdict = "beats" if promoted else "does not beat"
-            reason = f"first champion: {metric} {cand_score:.4f} {verdict} {vs_base}"
-        else:
-            beats_champion = training.is_better(spec, cand_score, champ_score)
-            promoted = beats_champion and beats_baseline
-            verdict = "beats" if beats_champion else "does not beat"
-            reason = (
-                f"{metric} {cand_score:.4f} {verdict} champion v{champ_version} {champ_score:.4f}"
-            )
-            if beats_champion and not beats_baseline:
-                reason += f" but not {vs_base}"
-        if champ_score is None and not promoted:
-            reason = reason.removeprefix("first champion: ")
-        reason += f" by {margin} or more ({direction} is better)"
+        champ_model = None if champ is None else load_version(settings, name, champ.version)
+        promoted, reason, judged = judge(spec, cand_model, champ_model, X_hold, y_hold, base_score)
+        if champ_version is not None:
+            reason = reason.replace(" against ", f" against champion v{champ_version}'s ", 1)
+        cand_score = float(judged["candidate_score"])
+        champ_score = float(judged["champion_score"]) if "champion_score" in judged else None
 
         decided_at = _now()
         tags = {
+            **judged,
             "decision": PROMOTING if promoted else "rejected",
             "reason": reason,
             "metric": metric,
-            "candidate_score": _fmt(cand_score),
             "champion_score": _fmt(champ_score),
             "baseline_score": _fmt(base_score),
             "champion_before": str(champ_version) if champ_version is not None else "none",
@@ -695,6 +742,8 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
                 window=str(champ.window) if champ else None,
                 last_version=int(latest.version) if latest else None,
                 last_decision=latest.tags.get("decision") if latest else None,
+                champion_gain=gain_text(champ.tags) if champ else "",
+                last_gain=gain_text(dict(latest.tags)) if latest else "",
                 note="; ".join(
                     ([] if champ else ["no champion: no version passed the gate"]) + broken
                 ),

@@ -28,6 +28,7 @@ import httpx
 import pandas as pd
 
 from fleet import catalog, etl, lake, routing, serving, training
+from fleet.arms import ScheduledArm
 from fleet.catalog import Dataset, ModelSpec, get_model
 from fleet.settings import Settings
 
@@ -56,6 +57,7 @@ class ReplayConfig:
     topology: str = "micro"
     seed: int = 2013
     models: tuple[str, ...] = field(default_factory=lambda: tuple(catalog.model_names()))
+    scheduled: bool = True  # also score the scheduled arm (a weekly retrain, fleet.arms)
 
     def __post_init__(self) -> None:
         first, last = self.coverage()
@@ -113,6 +115,8 @@ class ModelWeek:
     labelled: int
     closed_loop: float | None  # the served predictions' metric on this week's labels
     frozen: float | None  # the bootstrap champion's metric on the same rows
+    scheduled: float | None = None  # the scheduled arm's champion's, same rows
+    scheduled_retrain: str = ""  # what the scheduled arm's retraining ended as
     drift_share: float | None = None
     drifted_columns: list[str] = field(default_factory=list)
     fired: bool = False
@@ -120,6 +124,7 @@ class ModelWeek:
     retrain: str = ""  # promoted | kept | failed | skipped | "" (no retraining)
     champion_after: str = ""
     retrain_seconds: float | None = None  # decision -> retrained, gated, serving moved
+    train_seconds: float | None = None  # of which fitting the model
     report: str = ""
 
 
@@ -336,6 +341,7 @@ class Replay:
     frozen_versions: dict[str, int] = field(default_factory=dict)
     promotions: list[dict[str, Any]] = field(default_factory=list)
     weeks: list[WeekResult] = field(default_factory=list)
+    scheduled: ScheduledArm | None = None
 
     def bootstrap(self) -> None:
         from fleet import registry
@@ -359,6 +365,8 @@ class Replay:
             self.frozen_versions[name] = champion.version
             self.frozen[name] = registry.load_version(self.settings, name, champion.version)
             self.log(f"  {name}: frozen at v{champion.version} ({champion.window})")
+        if self.config.scheduled:
+            self.scheduled = ScheduledArm.starting_from(self.settings, self.frozen)
 
     def step(self, gateway_url: str, first: date, after: date) -> WeekResult:
         t0 = time.perf_counter()
@@ -400,6 +408,10 @@ class Replay:
             closed_loop=closed,
             frozen=frozen,
         )
+        if self.scheduled is not None:
+            week.scheduled = _finite(self.scheduled.score(name, labelled))
+            # the cron job's weekly retraining, on the same labels the loop now has
+            week.scheduled_retrain = self.scheduled.retrain(name, after)
         monitor_start = _utc(after - timedelta(days=self.config.monitor_days))
         summary, decision = self.monitor(self.settings, name, monitor_start, end, end)
         week.drift_share = round(summary.drift_share, 4)
@@ -413,6 +425,7 @@ class Replay:
             outcome = self.retrain(name, after, decision.reason, decision.firing or "")
             week.retrain_seconds = round(time.perf_counter() - t_fired, 1)
             week.retrain = outcome.status
+            week.train_seconds = outcome.timings.get("fit")
             week.champion_after = outcome.champion_after or ""
             if outcome.status == "promoted":
                 self.promotions.append(
@@ -446,6 +459,7 @@ class Replay:
             }
         headline = self.config.models[0]
         return {
+            "arms": self.arms(),
             "config": _jsonable(asdict(self.config)),
             "headline_model": headline,
             "closed_loop": {
@@ -463,6 +477,33 @@ class Replay:
             "promotions": self.promotions,
             "weeks": [_jsonable(asdict(w)) for w in self.weeks],
         }
+
+    def arms(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``arms.<arm>.<model>``: mean metric, retrains run, promotions, seconds fitting."""
+        out: dict[str, dict[str, dict[str, Any]]] = {"frozen": {}, "closed_loop": {}}
+        if self.scheduled is not None:
+            out["scheduled"] = {}
+        for name in self.config.models:
+            rows = [w.models[name] for w in self.weeks]
+            out["frozen"][name] = {
+                "mean_metric": mean_metric([r.frozen for r in rows]),
+                "retrains": 0, "promotions": 0, "train_seconds": 0.0,
+            }  # fmt: skip
+            out["closed_loop"][name] = {
+                "mean_metric": mean_metric([r.closed_loop for r in rows]),
+                "retrains": sum(1 for r in rows if r.retrain),
+                "promotions": sum(1 for p in self.promotions if p["model"] == name),
+                "train_seconds": round(sum(r.train_seconds or 0.0 for r in rows), 2),
+            }
+            if self.scheduled is not None:
+                arm = self.scheduled.models[name]
+                out["scheduled"][name] = {
+                    "mean_metric": mean_metric([r.scheduled for r in rows]),
+                    "retrains": arm.retrains,
+                    "promotions": len(arm.promotions),
+                    "train_seconds": round(arm.train_seconds, 2),
+                }
+        return out
 
     def drift_to_serving(self) -> dict[str, Any]:
         """Per model: the first week a trigger fired, and when a new champion first served.

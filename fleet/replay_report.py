@@ -29,6 +29,9 @@ def write_reports(settings: Settings, summary: dict[str, Any]) -> dict[str, str]
     return {"json": str(json_path), "html": str(html_path)}
 
 
+ARM_NAMES = {"closed_loop": "closed loop", "scheduled": "scheduled", "frozen": "frozen"}
+
+
 def quality_plot(summary: dict[str, Any]) -> bytes:
     """One panel per model: weekly metric, closed loop vs frozen, events marked (PNG)."""
     import matplotlib
@@ -47,6 +50,9 @@ def quality_plot(summary: dict[str, Any]) -> bytes:
         frozen = [r["frozen"] for r in rows]
         ax.plot(days, closed, marker="o", ms=3, label="closed loop (served)")
         ax.plot(days, frozen, marker="s", ms=3, ls="--", label="frozen bootstrap champion")
+        scheduled = [r.get("scheduled") for r in rows]
+        if any(v is not None for v in scheduled):
+            ax.plot(days, scheduled, marker="^", ms=3, ls=":", label="scheduled (weekly retrain)")
         # retraining runs at the end of a week, once its labels are in
         fired = [date.fromisoformat(w["end"]) for w in weeks if w["models"][name]["retrain"]]
         for d in fired:
@@ -87,11 +93,25 @@ def _link(path: str, base: Path, text: str) -> str:
 
 def render_html(summary: dict[str, Any], base: Path) -> str:
     png = base64.b64encode(quality_plot(summary)).decode()
+    arms = summary.get("arms", {})
+    order = [a for a in ("closed_loop", "scheduled", "frozen") if a in arms]
+    arm_head = "".join(f"<th>{html.escape(ARM_NAMES[a])}</th>" for a in order)
     head_rows = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{html.escape(m['metric'])}</td>"
-        f"<td>{_fmt(m['closed_loop'])}</td><td>{_fmt(m['frozen'])}</td>"
-        f"<td>v{m['frozen_version']}</td><td>{m['retrainings']}</td><td>{m['promotions']}</td></tr>"
+        + "".join(f"<td>{_fmt(arms[a][name]['mean_metric'])}</td>" for a in order)
+        + "".join(
+            f"<td>{arms[a][name]['retrains']} / {arms[a][name]['promotions']} / "
+            f"{arms[a][name]['train_seconds']:.1f} s</td>"
+            for a in order
+            if a != "frozen"
+        )
+        + f"<td>v{m['frozen_version']}</td></tr>"
         for name, m in summary["models"].items()
+    )
+    effort_head = "".join(
+        f"<th>{html.escape(ARM_NAMES[a])}: retrains / promotions / fitting</th>"
+        for a in order
+        if a != "frozen"
     )
     week_rows = []
     for week in summary["weeks"]:
@@ -101,6 +121,7 @@ def render_html(summary: dict[str, Any], base: Path) -> str:
                 f"<tr><td>{week['start']}</td><td>{html.escape(name)}</td>"
                 f"<td>v{html.escape(m['served_version'])}</td><td>{m['rows']}</td>"
                 f"<td>{m['labelled']}</td><td>{_fmt(m['closed_loop'])}</td>"
+                f"<td>{_fmt(m.get('scheduled'))}</td>"
                 f"<td>{_fmt(m['frozen'])}</td><td>{drift}</td>"
                 f"<td>{html.escape(', '.join(m['drifted_columns']))}</td>"
                 f"<td>{html.escape(m['retrain'] or ('fired' if m['fired'] else ''))}</td>"
@@ -119,15 +140,17 @@ th {{ background: #f3f3f3; }}
 <h1>Replay {cfg["start"]} .. {cfg["end"]}</h1>
 <p>Every {cfg["step_days"]} days of 2013 went through the gateway as live traffic; labels
 arrived after each step, the drift jobs ran and their triggers retrained. The frozen
-fleet is the bootstrap champions, scored on the same rows. <a href="index.html">All drift
+fleet is the bootstrap champions; the scheduled arm retrains every week with the same
+champion gate (a cron job); all three are scored on the same rows. <a href="index.html">All drift
 reports</a> · <a href="replay.json">replay.json</a></p>
 <h2>Mean weekly quality</h2>
-<table><tr><th>model</th><th>metric</th><th>closed loop</th><th>frozen</th>
-<th>frozen version</th><th>retrainings</th><th>promotions</th></tr>{head_rows}</table>
+<table><tr><th>model</th><th>metric</th>{arm_head}{effort_head}<th>frozen version</th>
+</tr>{head_rows}</table>
 <img alt="weekly quality, closed loop vs frozen" src="data:image/png;base64,{png}">
 <h2>Week by week</h2>
 <table><tr><th>week</th><th>model</th><th>served</th><th>rows</th><th>labelled</th>
-<th>closed loop</th><th>frozen</th><th>drift share</th><th>drifted columns</th>
+<th>closed loop</th><th>scheduled</th><th>frozen</th><th>drift share</th>
+<th>drifted columns</th>
 <th>retrain</th><th>champion after</th><th>drift report</th></tr>
 {"".join(week_rows)}</table>
 </body></html>

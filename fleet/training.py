@@ -204,13 +204,37 @@ def score(
 
 
 def _score(spec: ModelSpec, model: Any, X: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    return prediction_scores(spec, y, **_predict(spec, model, X).as_kwargs())
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """A model's answers on some rows: ``value`` (regression), or the positive class's
+    ``probability`` and the predicted ``label`` (classification)."""
+
+    value: np.ndarray | None = None
+    probability: np.ndarray | None = None
+    label: np.ndarray | None = None
+
+    def as_kwargs(self) -> dict[str, np.ndarray]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    def label_strings(self) -> np.ndarray:
+        return np.asarray([str(v) for v in np.asarray(self.label)])
+
+
+def predict(spec: ModelSpec, model: Any, X: pd.DataFrame, threads: int = 1) -> Predictions:
+    """The model's :class:`Predictions` on ``X`` (as served: probabilities for classes)."""
+    with limit_threads(threads):
+        return _predict(spec, model, X)
+
+
+def _predict(spec: ModelSpec, model: Any, X: pd.DataFrame) -> Predictions:
     if spec.task == "regression":
-        return prediction_scores(spec, y, value=np.asarray(model.predict(X), dtype=float))
+        return Predictions(value=np.asarray(model.predict(X), dtype=float))
     proba = model.predict_proba(X)
     classes = np.asarray(model.classes_)
-    return prediction_scores(
-        spec,
-        y,
+    return Predictions(
         probability=np.asarray(proba[:, positive_index(spec, model)], dtype=float),
         label=classes[np.argmax(proba, axis=1)],
     )

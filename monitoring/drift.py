@@ -23,6 +23,7 @@ weeks differ by 0.005-0.04 in these distances, well under the 0.1 thresholds abo
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
 import os
@@ -38,8 +39,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from fleet import training
+from fleet import stats, training
 from fleet.files import write_text_atomic
+from fleet.stats import Estimate
+from fleet.training import Predictions
 
 if TYPE_CHECKING:
     from fleet.catalog import ModelSpec
@@ -62,6 +65,7 @@ class ColumnDrift:
     threshold: float
     score: float
     drifted: bool
+    counts: bool = True  # False for a watched column: shown, never part of the share
 
 
 @dataclass
@@ -69,7 +73,7 @@ class DriftMeasure:
     """What one Evidently run found; the report file is written alongside."""
 
     drift_share: float
-    drifted_columns: list[str]
+    drifted_columns: list[str]  # judged columns that drifted
     columns: list[ColumnDrift]
     rows_current: int
     rows_reference: int
@@ -77,35 +81,46 @@ class DriftMeasure:
     sampled_current: int
     sampled_reference: int
     quality: float | None  # spec.promotion.metric on the labelled rows, None without labels
+    quality_se: float | None  # its standard error (fleet.stats)
     report_path: Path
     seconds: dict[str, float] = field(default_factory=dict)
 
 
 def text_descriptors(spec: ModelSpec) -> dict[str, tuple[str, str]]:
     """Descriptor column -> (text feature, descriptor kind) for the spec's text features."""
-    out = {}
-    for col in spec.feature_columns:
-        if col.kind == "text":
-            out[f"{col.name}_length"] = (col.name, "length")
-            out[f"{col.name}_words"] = (col.name, "words")
-    return out
+    return spec.text_descriptors
 
 
 def column_methods(spec: ModelSpec) -> dict[str, tuple[str, float]]:
-    """Every monitored column (features, then text descriptors) -> (method, threshold)."""
+    """Every measured column (features, then text descriptors) -> (method, threshold).
+
+    A column the spec's ``drift.features`` excludes is left out; one with its own
+    threshold gets it; a watched one is measured with its kind's default.
+    """
+    kinds: dict[str, str] = {c.name: c.kind for c in spec.feature_columns}
+    kinds.update({name: "numeric" for name in text_descriptors(spec)})
+    defaults = {
+        "numeric": (NUMERIC_METHOD, NUMERIC_THRESHOLD),
+        "integer": (NUMERIC_METHOD, NUMERIC_THRESHOLD),
+        "categorical": (CATEGORICAL_METHOD, CATEGORICAL_THRESHOLD),
+        "text": (TEXT_METHOD, TEXT_THRESHOLD),
+    }
     methods: dict[str, tuple[str, float]] = {}
-    for col in spec.feature_columns:
-        if col.kind in ("numeric", "integer"):
-            methods[col.name] = (NUMERIC_METHOD, NUMERIC_THRESHOLD)
-        elif col.kind == "categorical":
-            methods[col.name] = (CATEGORICAL_METHOD, CATEGORICAL_THRESHOLD)
-        elif col.kind == "text":
-            methods[col.name] = (TEXT_METHOD, TEXT_THRESHOLD)
-        else:
-            raise ValueError(f"{spec.name}: feature {col.name!r} of kind {col.kind} not monitored")
-    for name in text_descriptors(spec):
-        methods[name] = (NUMERIC_METHOD, NUMERIC_THRESHOLD)
+    for name, kind in kinds.items():
+        if kind not in defaults:
+            raise ValueError(f"{spec.name}: feature {name!r} of kind {kind} not monitored")
+        judgement = spec.drift.judgement(name)
+        if judgement == "exclude":
+            continue
+        method, threshold = defaults[kind]
+        own = isinstance(judgement, float | int)
+        methods[name] = (method, float(judgement) if own else threshold)
     return methods
+
+
+def judged_columns(spec: ModelSpec) -> list[str]:
+    """The measured columns that count toward the drift share (not watched)."""
+    return [c for c in column_methods(spec) if spec.drift.judgement(c) != "watch"]
 
 
 def sample(frame: pd.DataFrame, max_rows: int | None, seed: int = DEFAULT_SEED) -> pd.DataFrame:
@@ -128,27 +143,33 @@ def label_strings(spec: ModelSpec, values: pd.Series) -> pd.Series:
     return values.astype(object).map(one)
 
 
-def quality(spec: ModelSpec, labelled: pd.DataFrame) -> float:
-    """``spec.promotion.metric`` of the logged predictions against the joined labels.
+def logged_predictions(spec: ModelSpec, rows: pd.DataFrame) -> Predictions:
+    """The served answers of logged rows, as :class:`fleet.training.Predictions`."""
+    if spec.task == "regression":
+        return Predictions(value=rows[VALUE].astype(float).to_numpy())
+    return Predictions(
+        probability=rows[PROBABILITY].astype(float).to_numpy(),
+        label=rows[LABEL].astype(str).to_numpy(),
+    )
+
+
+def labels_of(spec: ModelSpec, labelled: pd.DataFrame) -> pd.Series:
+    truth = labelled[spec.target]
+    return truth.astype(float) if spec.task == "regression" else label_strings(spec, truth)
+
+
+def quality(spec: ModelSpec, labelled: pd.DataFrame) -> Estimate:
+    """``spec.promotion.metric`` of the logged predictions against the joined labels, with
+    its standard error.
 
     Computed by ``fleet.training.prediction_scores``, the function that scores a
     holdout, so the value compares with the champion's recorded score.
     """
     if len(labelled) == 0:
         raise ValueError(f"{spec.name}: no labelled rows to score")
-    truth = labelled[spec.target]
-    if spec.task == "regression":
-        scores = training.prediction_scores(
-            spec, truth.astype(float), value=labelled[VALUE].astype(float).to_numpy()
-        )
-    else:
-        scores = training.prediction_scores(
-            spec,
-            label_strings(spec, truth),
-            probability=labelled[PROBABILITY].astype(float).to_numpy(),
-            label=labelled[LABEL].astype(str).to_numpy(),
-        )
-    return scores[spec.promotion.metric]
+    return stats.estimate(
+        spec, labels_of(spec, labelled).reset_index(drop=True), logged_predictions(spec, labelled)
+    )
 
 
 def _definition(spec: ModelSpec, with_quality: bool) -> Any:
@@ -352,7 +373,7 @@ def measure(
     methods = column_methods(spec)
     drift_metrics: list[Any] = [
         DriftedColumnsCount(
-            columns=list(methods),
+            columns=judged_columns(spec),
             per_column_method={c: m for c, (m, _) in methods.items()},
             per_column_threshold={c: t for c, (_, t) in methods.items()},
             drift_share=spec.drift.share_threshold,
@@ -371,13 +392,15 @@ def measure(
         )
     seconds["drift"] = time.perf_counter() - t0
     share, columns = parse_drift(drift_snap.dict())
+    counted = set(judged_columns(spec))
+    columns = [dataclasses.replace(c, counts=c.column in counted) for c in columns]
     sections = [(f"Data drift {title}".strip(), drift_snap)]
 
     labelled_all = current[current[spec.target].notna()] if spec.target in current else current[:0]
     value = None
     if len(labelled_all):
         t0 = time.perf_counter()
-        value = quality(spec, labelled_all)
+        value = quality(spec, labelled_all.reset_index(drop=True))
         labelled = cur_rows[cur_rows[spec.target].notna()].reset_index(drop=True)
         if len(labelled):
             frame = _features(spec, labelled)
@@ -404,14 +427,15 @@ def measure(
     seconds["html"] = time.perf_counter() - t0
     return DriftMeasure(
         drift_share=share,
-        drifted_columns=[c.column for c in columns if c.drifted],
+        drifted_columns=[c.column for c in columns if c.drifted and c.counts],
         columns=columns,
         rows_current=len(current),
         rows_reference=len(reference),
         rows_labelled=len(labelled_all),
         sampled_current=len(cur),
         sampled_reference=len(ref),
-        quality=value,
+        quality=None if value is None else value.value,
+        quality_se=None if value is None else value.se,
         report_path=report_path,
         seconds={k: round(v, 3) for k, v in seconds.items()},
     )

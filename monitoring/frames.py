@@ -34,6 +34,7 @@ class Reference:
     last: date
     partitions: int
     digest_matches: bool  # False: the lake changed since the champion was trained
+    holdout: pd.DataFrame | None = None  # its labelled holdout rows (calibration for CBPE)
 
 
 def reference_frame(settings: Settings, spec: ModelSpec, champion: ChampionInfo) -> Reference:
@@ -48,10 +49,11 @@ def reference_frame(settings: Settings, spec: ModelSpec, champion: ChampionInfo)
         )
     # the digest on the version covers the whole window (train + holdout) as trained
     matches = lake.digest(parts) == champion.partitions_digest
-    train_rows, _ = training.split_by_window(spec, lake.read_partitions(parts), window)
+    train_rows, hold_rows = training.split_by_window(spec, lake.read_partitions(parts), window)
     labelled = train_rows[train_rows[spec.target].notna()].reset_index(drop=True)
+    holdout = hold_rows[hold_rows[spec.target].notna()].reset_index(drop=True)
     first, last = window.train_days
-    return Reference(labelled, first, last, len(parts), matches)
+    return Reference(labelled, first, last, len(parts), matches, holdout)
 
 
 def current_frame(

@@ -10,18 +10,24 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import sqlalchemy as sa
 
 from fleet.catalog import get_model
 from fleet.predictions import as_utc
 from fleet.settings import Settings
-from monitoring import drift, frames, index, policy
+from monitoring import cbpe, drift, frames, index, policy
 from monitoring.claims import Claims
 from monitoring.frames import MonitorError
 from monitoring.history import MonitorHistory
 from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
+
+if TYPE_CHECKING:
+    from fleet.catalog import ModelSpec
+    from fleet.registry import ChampionInfo
 
 DEFAULT_WINDOW = timedelta(days=7)
 ASSETS = "assets"  # under the reports folder: the script and font every report links
@@ -88,7 +94,7 @@ def run_monitor(
     reference = frames.reference_frame(settings, spec, champion)
     current = frames.current_frame(settings, spec, start, end)
     current = frames.join_labels(settings, spec, current, start, end)
-    monitored = len(drift.column_methods(spec))
+    monitored = len(drift.judged_columns(spec))
     summary = DriftSummary(
         model=model,
         window_start=start,
@@ -107,6 +113,8 @@ def run_monitor(
         reference_digest_matches=reference.digest_matches,
         report_path="",
         min_rows=spec.drift.min_rows,
+        champion_se=_float_tag(champion.tags.get("candidate_se")),
+        excluded_columns=[c for c, j in spec.drift.features.items() if j == "exclude"],
     )
     # below the policy's minimum the job cannot fire: skip the Evidently run, record why
     if len(current) >= spec.drift.min_rows:
@@ -120,9 +128,18 @@ def run_monitor(
         summary.drift_share = measured.drift_share
         summary.drifted_columns = measured.drifted_columns
         summary.quality = measured.quality
+        summary.quality_se = measured.quality_se
+        summary.watched_drifted = [c.column for c in measured.columns
+                                   if c.drifted and not c.counts]  # fmt: skip
         summary.report_path = str(measured.report_path)
         summary.column_scores = {c.column: round(c.score, 6) for c in measured.columns}
         summary.seconds = measured.seconds
+
+    if spec.task == "classification" and len(current) and reference.holdout is not None:
+        found = label_free_estimate(settings, spec, champion, reference.holdout, current)
+        if found is not None:
+            summary.estimated_quality, summary.estimated_se = found.value, found.se
+            summary.estimate_note = found.text()
 
     history = MonitorHistory(settings.state_db_url).create()
     claims = Claims(settings.state_db_url).create()
@@ -137,6 +154,10 @@ def run_monitor(
             champion_score=summary.champion_score,
             last_fired=claims.last_fired(model),
             now=now,
+            quality_se=summary.quality_se,
+            champion_se=summary.champion_se,
+            estimate=summary.estimated_quality,
+            estimate_se=summary.estimated_se,
         )
         cooldown = timedelta(days=spec.drift.cooldown_days)
         firing = claims.claim(model, now, cooldown) if decision.fire else None
@@ -159,21 +180,60 @@ def run_monitor(
     return summary, decision
 
 
+def label_free_estimate(
+    settings: Settings, spec: ModelSpec, champion: ChampionInfo, holdout: Any, current: Any
+) -> cbpe.PerformanceEstimate | None:
+    """CBPE of the champion on the window's served probabilities, calibrated on the
+    champion's own holdout."""
+    from fleet import training
+    from fleet.registry import load_version
+
+    if len(holdout) == 0:
+        return None
+    model = load_version(settings, spec.name, champion.version)
+    X_hold, y_hold = training.training_frame(spec, holdout)
+    reference = training.predict(spec, model, X_hold).probability
+    truth = np.asarray([str(v) for v in y_hold]) == str(spec.labels[-1])
+    served = current[drift.PROBABILITY].astype(float).to_numpy()
+    return cbpe.estimate(spec.promotion.metric, reference, truth, served)
+
+
+def _float_tag(value: str | None) -> float | None:
+    try:
+        return None if value in (None, "", "none") else float(value)
+    except ValueError:
+        return None
+
+
+def _pm(value: float | None, se: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" + (f" ± {se:.4f} (SE)" if se is not None else "")
+
+
 def decision_lines(summary: DriftSummary, decision: TriggerDecision) -> tuple[str, list[str], bool]:
-    """The report's opening: the decision, the signals with their values and thresholds,
-    the drifted columns."""
+    """The report's opening: the decision, each signal with its value and threshold, the
+    drifted, watched and excluded columns."""
     spec = get_model(summary.model)
-    quality = "no labels yet" if summary.quality is None else f"{summary.quality:.4f}"
-    champion = "-" if summary.champion_score is None else f"{summary.champion_score:.4f}"
+    labelled = summary.quality is not None
+    quality = _pm(summary.quality, summary.quality_se) if labelled else "no labels yet"
     drifted = ", ".join(summary.drifted_columns) or "none"
     lines = [
         f"why: {decision.reason}",
-        f"drift share {summary.drift_share:.2f} of {summary.monitored_columns} columns "
+        f"drift share {summary.drift_share:.2f} of {summary.monitored_columns} judged columns "
         f"(fires at {spec.drift.share_threshold:.2f}); drifted: {drifted}",
         f"{summary.metric} on {summary.rows_labelled} labelled rows: {quality} "
-        f"(champion v{summary.champion_version}: {champion})",
-        f"window {summary.window_label}: {summary.rows_current} rows",
+        f"(champion v{summary.champion_version}: "
+        f"{_pm(summary.champion_score, summary.champion_se)}); fires when the drop's lower "
+        f"bound at {spec.drift.confidence:.0%} exceeds {spec.drift.quality_drop}",
     ]
+    if summary.estimated_quality is not None or summary.estimate_note:
+        lines.append(f"without labels: {summary.estimate_note}")
+    if summary.watched_drifted:
+        lines.append(f"watched (never fire alone), moved: {', '.join(summary.watched_drifted)}")
+    if summary.excluded_columns:
+        lines.append(f"not judged (calendar): {', '.join(summary.excluded_columns)}")
+    lines.append(f"window {summary.window_label}: {summary.rows_current} rows")
     return f"{summary.model}: {decision.label}", lines, decision.fire
 
 

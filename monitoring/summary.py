@@ -27,6 +27,14 @@ class DriftSummary:
     reference_digest_matches: bool
     report_path: str
     min_rows: int = 0  # the policy's minimum: below it no drift is measured
+    quality_se: float | None = None  # standard error of ``quality``
+    champion_se: float | None = None  # standard error of the champion's recorded score
+    watched_drifted: list[str] = field(default_factory=list)  # watched columns that moved
+    excluded_columns: list[str] = field(default_factory=list)  # not measured (the spec)
+    # a label-free estimate of the metric from the served answers (CBPE), where it applies
+    estimated_quality: float | None = None
+    estimated_se: float | None = None
+    estimate_note: str = ""
     column_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -39,7 +47,8 @@ class DriftSummary:
         data = asdict(self)
         for key in ("window_start", "window_end"):
             data[key] = data[key].isoformat()
-        for key in ("quality", "champion_score"):
+        for key in ("quality", "champion_score", "quality_se", "champion_se",
+                    "estimated_quality", "estimated_se"):  # fmt: skip
             value = data[key]
             data[key] = None if value is None or math.isnan(value) else value
         return data
@@ -58,12 +67,22 @@ class DriftSummary:
                 f"({self.rows_reference} rows"
                 + ("" if self.reference_digest_matches else "; the lake changed since training")
                 + ")",
-                f"drift share: {self.drift_share:.2f} of {self.monitored_columns} columns; "
-                f"drifted: {drifted}"
+                f"drift share: {self.drift_share:.2f} of {self.monitored_columns} judged "
+                f"columns; drifted: {drifted}"
+                + (
+                    f"; watched, moved: {', '.join(self.watched_drifted)}"
+                    if self.watched_drifted
+                    else ""
+                )
                 if self.measured
                 else f"drift: not enough data ({self.rows_current} rows; the policy needs "
                 f"at least {self.min_rows})",
-                f"{self.metric}: {quality} (champion {champion})",
+                f"{self.metric}: {quality} (champion {champion})"
+                + (
+                    f"; estimated without labels {self.estimated_quality:.4f}"
+                    if self.estimated_quality is not None
+                    else ""
+                ),
                 f"report: {self.report_path or 'none (not enough data)'}",
             ]
         )

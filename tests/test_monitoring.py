@@ -4,6 +4,7 @@ policy, the report index and `fleet monitor` end to end."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fleet import etl, lake, registry, serving, training
+from fleet import etl, lake, registry, serving, stats, training
 from fleet.catalog import DriftPolicy, PromotionRule, get_dataset, get_model
 from fleet.predictions import LoggedPrediction, PredictionLog
 from fleet.settings import Settings
@@ -60,12 +61,17 @@ def test_drift_is_found_on_a_really_shifted_window(flights_jan_jul, tmp_path: Pa
     path = tmp_path / "reports" / "july.html"
     found = drift.measure(FLIGHT_DELAY, reference, july, path, max_rows=5000)
 
-    # summer weather is far from January's: temperature and dew point must drift
-    assert {"temp", "dewp", "month"} <= set(found.drifted_columns)
-    assert found.drift_share >= FLIGHT_DELAY.drift.share_threshold
-    # the dataset-level count and the per-column tests agree
-    monitored = len(drift.column_methods(FLIGHT_DELAY))
-    assert found.drift_share == pytest.approx(len(found.drifted_columns) / monitored)
+    # summer weather is far from January's: temperature and dew point drift, but they are
+    # watched (seasonal), shown and never counted; the calendar is not measured at all
+    by_column = {c.column: c for c in found.columns}
+    assert by_column["temp"].drifted and by_column["dewp"].drifted
+    assert not by_column["temp"].counts and "temp" not in found.drifted_columns
+    assert "month" not in by_column and "weekday" not in by_column
+    assert by_column["dest"].threshold == 0.25  # the spec's own threshold
+    # the dataset-level count covers the judged columns only and agrees with the tests
+    judged = drift.judged_columns(FLIGHT_DELAY)
+    assert set(judged) == {"carrier", "origin", "dest", "distance", "sched_dep_hour"}
+    assert found.drift_share == pytest.approx(len(found.drifted_columns) / len(judged))
     assert found.sampled_current == 5000 < found.rows_current
     assert found.sampled_reference == 5000 < found.rows_reference
     # labels present: quality computed on every labelled row, not the sample
@@ -88,6 +94,33 @@ def test_no_drift_on_an_in_distribution_window(flights_jan_jul, tmp_path: Path) 
     assert found.quality is None and found.rows_labelled == 0  # no labels, no quality
 
 
+@pytest.mark.parametrize("model", ["flight_delay", "arrival_delay"])
+def test_in_distribution_weeks_fire_nothing(flights_jan_jul, tmp_path: Path, model: str) -> None:
+    """Two halves of the same three weeks: the champion fitted on one, its holdout score
+    recorded as the gate does; the other half served, logged and labelled. The policy
+    must not fire: no drift of the judged columns, no significant quality drop."""
+    spec = get_model(model)
+    weeks = _days(flights_jan_jul, date(2013, 1, 1), date(2013, 1, 21))
+    shuffled = weeks.sample(frac=1.0, random_state=5).reset_index(drop=True)
+    third = len(shuffled) // 3
+    train, hold, current = shuffled[:third], shuffled[third : 2 * third], shuffled[2 * third :]
+    champion = training.fit(spec, *training.training_frame(spec, train), threads=2)
+    X_hold, y_hold = training.training_frame(spec, hold)
+    recorded = stats.estimate(spec, y_hold, training.predict(spec, champion, X_hold))
+    X, y = training.training_frame(spec, current)
+    answers = pd.DataFrame(serving.predict(spec, champion, X)).add_prefix("prediction_")
+    logged = pd.concat([X, answers], axis=1).assign(**{spec.target: y.to_numpy()})
+    found = drift.measure(spec, train, logged, tmp_path / "same.html", max_rows=5000)
+    decision = policy.decide(
+        spec.drift, spec.promotion, rows=len(logged), labelled=len(logged),
+        drift_share=found.drift_share, quality=found.quality, champion_score=recorded.value,
+        last_fired=None, now=T0, quality_se=found.quality_se, champion_se=recorded.se,
+    )  # fmt: skip
+    assert not decision.fire, decision.reason
+    assert found.drifted_columns == []
+    assert "lower bound" in decision.reason
+
+
 def test_quality_matches_the_training_metric(flights_jan_jul) -> None:
     """The monitor's metric on logged answers equals fleet.training.score on the rows."""
     rows = _days(flights_jan_jul, date(2013, 1, 1), date(2013, 1, 14))
@@ -96,7 +129,7 @@ def test_quality_matches_the_training_metric(flights_jan_jul) -> None:
     answers = pd.DataFrame(serving.predict(FLIGHT_DELAY, model, X)).add_prefix("prediction_")
     logged = pd.concat([X, answers], axis=1).assign(late=y.to_numpy())
     expected = training.score(FLIGHT_DELAY, model, X, y)
-    assert drift.quality(FLIGHT_DELAY, logged) == pytest.approx(expected["roc_auc"])
+    assert drift.quality(FLIGHT_DELAY, logged).value == pytest.approx(expected["roc_auc"])
     reviews = get_model("review_sentiment")
     logged = pd.DataFrame(
         {
@@ -105,7 +138,7 @@ def test_quality_matches_the_training_metric(flights_jan_jul) -> None:
             "prediction_probability": [0.9, 0.6, 0.8],
         }
     )
-    assert drift.quality(reviews, logged) == pytest.approx(2 / 3)
+    assert drift.quality(reviews, logged).value == pytest.approx(2 / 3)
 
 
 def test_review_drift_uses_text_descriptors_without_downloads(reviews_table, tmp_path) -> None:
@@ -178,11 +211,24 @@ def test_policy_rules() -> None:
     assert "499 new rows" in _decide(T0, None, rows=499).reason
     assert not _decide(T0, None, drift_share=0.49).fire
     assert _decide(T0, None, drift_share=0.5).fire  # at the threshold fires
-    # quality: a drop of 0.05 AUC fires, 0.04 does not; too few labels do not count
-    assert _decide(T0, None, drift_share=0.0, labelled=600, quality=0.75).fire
+    # quality: a drop above 0.05 AUC at its lower bound fires; too few labels do not count
+    assert _decide(T0, None, drift_share=0.0, labelled=600, quality=0.74).fire
     assert not _decide(T0, None, drift_share=0.0, labelled=600, quality=0.76).fire
+    # the same 0.06 drop, uncertain by 0.01 on each side: its 95% bound is 0.037, no fire
+    unsure = _decide(T0, None, drift_share=0.0, labelled=600, quality=0.74,
+                     quality_se=0.01, champion_se=0.01)  # fmt: skip
+    assert not unsure.fire and "lower bound +0.0367 at 95%" in unsure.reason
+    sure = _decide(T0, None, drift_share=0.0, labelled=600, quality=0.70,
+                   quality_se=0.01, champion_se=0.01)  # fmt: skip
+    assert sure.fire and "at least 0.0767 at 95% confidence" in sure.reason
     assert not _decide(T0, None, drift_share=0.0, labelled=100, quality=0.5).fire
     assert not _decide(T0, None, drift_share=0.0, labelled=600, quality=float("nan")).fire
+    # labels lagging: the label-free estimate (CBPE) stands in, judged the same way
+    lagging = _decide(T0, None, drift_share=0.0, labelled=20, quality=0.5,
+                      estimate=0.70, estimate_se=0.01)  # fmt: skip
+    assert lagging.fire and "estimated without labels, CBPE" in lagging.reason
+    assert not _decide(T0, None, drift_share=0.0, labelled=20, estimate=0.79,
+                       estimate_se=0.01).fire  # fmt: skip
     # MAE: worse means higher
     up = policy.decide(POLICY, MAE, rows=900, labelled=900, drift_share=0.0, quality=12.0,
                        champion_score=11.9, last_fired=None, now=T0)  # fmt: skip
@@ -250,7 +296,55 @@ def _day(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
-def test_monitor_job_reports_fires_once_and_indexes(monitor_state: MonitorState) -> None:
+@pytest.fixture
+def weather_judged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The catalog with flight_delay judging every column, the weather included.
+
+    The shipped spec watches the weather (seasonal) and only fires on the flight mix or
+    on quality; January's champion keeps its AUC in July, so the shipped spec rightly
+    stays calm there. This copy makes July's real weather shift a firing drift.
+    """
+    import shutil
+
+    import yaml
+
+    from fleet import catalog
+
+    root = tmp_path / "catalog"
+    shutil.copytree(catalog.catalog_dir(), root)
+    path = root / "models" / "flight_delay.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["drift"].pop("features")
+    path.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv(catalog.CATALOG_ENV, str(root))
+    catalog.clear_cache()
+    yield
+    monkeypatch.delenv(catalog.CATALOG_ENV)
+    catalog.clear_cache()
+
+
+def test_shipped_policy_stays_calm_on_july_weather(monitor_state: MonitorState) -> None:
+    """January's champion on July's flights: the weather drifts (watched, shown), the
+    flight mix does not, and the AUC holds within its noise: no firing."""
+    settings = monitor_state.settings.model_copy(
+        update={"predictions_url": f"sqlite:///{monitor_state.settings.root / 'calm.db'}"}
+    )
+    log_days(monitor_state, settings.predictions_db_url, date(2013, 7, 1), date(2013, 7, 7))
+    start = _day(date(2013, 7, 1))
+    summary, decision = run_monitor(
+        settings, "flight_delay", start, start + timedelta(days=7), max_rows=5000
+    )
+    assert not decision.fire, decision.reason
+    assert {"temp", "dewp"} <= set(summary.watched_drifted)
+    assert summary.excluded_columns == ["month", "weekday"]
+    assert "lower bound" in decision.reason
+    page = Path(summary.report_path).read_text()
+    assert "watched (never fire alone), moved:" in page and "not judged (calendar)" in page
+
+
+def test_monitor_job_reports_fires_once_and_indexes(
+    monitor_state: MonitorState, weather_judged: None
+) -> None:
     settings = monitor_state.settings.model_copy(
         update={"predictions_url": f"sqlite:///{monitor_state.settings.root / 'job.db'}"}
     )
@@ -296,7 +390,9 @@ def test_monitor_job_reports_fires_once_and_indexes(monitor_state: MonitorState)
     assert page.index("2013-07-08") < page.index("2013-07-01") < page.index("2013-01-22")
 
 
-def test_two_monitors_at_once_fire_one_retraining(monitor_state: MonitorState) -> None:
+def test_two_monitors_at_once_fire_one_retraining(
+    monitor_state: MonitorState, weather_judged: None
+) -> None:
     settings = monitor_state.settings.model_copy(
         update={"predictions_url": f"sqlite:///{monitor_state.settings.root / 'race.db'}"}
     )
@@ -325,7 +421,10 @@ runner = CliRunner()
 
 
 def test_fleet_monitor_end_to_end(
-    monitor_state: MonitorState, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+    monitor_state: MonitorState,
+    prefect_server: None,
+    monkeypatch: pytest.MonkeyPatch,
+    weather_judged: None,
 ) -> None:
     """`fleet monitor` runs the flow: report, index, decision, and the event on the server."""
     from fleet.cli import app

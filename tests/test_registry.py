@@ -117,7 +117,12 @@ def test_champion_gate_promotes_rejects_and_rolls_back(
     assert tags3["decision"] == "rejected" and tags3["champion_before"] == str(v2.version)
     assert float(tags3["candidate_score"]) < float(tags3["champion_score"])
     assert tags3["reason"] == d3.reason
-    assert f"does not beat champion v{v2.version}" in d3.reason
+    assert f"against champion v{v2.version}'s" in d3.reason
+    assert "does not clear the margin" in d3.reason
+    # the paired test's interval is on the version, and `fleet models` shows it
+    assert float(tags3["gain_low"]) < float(tags3["gain"]) < float(tags3["gain_high"]) < 0
+    assert tags3["gain_test"] == "paired DeLong" and tags3["gain_confidence"] == "95%"
+    assert registry.gain_text(tags3).startswith(f"{float(tags3['gain']):+.4f} [")
 
     rows = {r.model: r for r in registry.fleet_table(settings)}
     assert rows[spec.name].champion_version == v2.version

@@ -85,6 +85,9 @@ def test_short_replay_end_to_end(
         assert row["closed_loop"] is not None and row["frozen"] is not None
         # nothing was retrained before the week's traffic: served == frozen champion
         assert row["closed_loop"] == pytest.approx(row["frozen"], abs=1e-4), name
+        # the scheduled arm starts from the same champion: same rows, same score
+        assert row["scheduled"] == pytest.approx(row["frozen"], abs=1e-4), name
+        assert row["scheduled_retrain"] in ("promoted", "kept"), name
         assert row["decision"]
     frame = log.read("flight_delay", start, end)
     assert frame["request_id"].is_unique and set(frame["version"]) == {"1"}
@@ -93,9 +96,19 @@ def test_short_replay_end_to_end(
     data = json.loads((settings.reports_dir / "replay.json").read_text())
     headline = data["headline_model"]
     assert data["closed_loop"]["mean_metric"] == week["models"][headline]["closed_loop"]
-    assert set(data) >= {"closed_loop", "frozen", "promotions", "weeks"}
+    assert set(data) >= {"closed_loop", "frozen", "promotions", "weeks", "arms"}
+    assert set(data["arms"]) == {"closed_loop", "scheduled", "frozen"}
+    for name in MODELS:
+        scheduled = data["arms"]["scheduled"][name]
+        assert set(scheduled) == {"mean_metric", "retrains", "promotions", "train_seconds"}
+        assert scheduled["retrains"] == 1 and scheduled["train_seconds"] > 0
+        assert data["arms"]["frozen"][name]["retrains"] == 0
+        closed = data["arms"]["closed_loop"][name]
+        assert closed["mean_metric"] == data["models"][name]["closed_loop"]
+        assert closed["retrains"] == data["models"][name]["retrainings"]
     page = (settings.reports_dir / "replay.html").read_text()
     assert "data:image/png;base64," in page and "2013-02-26" in page
+    assert "scheduled: retrains / promotions / fitting" in page
     assert (settings.reports_dir / "index.html").is_file()
     assert processes.read_pid_files(settings) == []  # the replay stopped what it started
 
