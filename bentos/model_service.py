@@ -168,6 +168,8 @@ def make_service(model_name: str) -> Any:
     record_type = serving.request_model(spec)
     limit = settings.max_batch_records
     tag = pinned_tag(spec.name)
+    # a @challenger's answers go to the log as shadow rows, never into the monitors' windows
+    shadow = os.environ.get(store.ROLE_ENV, "champion") == "challenger"
     if tag is not None:
         if tag.split(":")[0] != spec.name:
             raise ValueError(f"{store.TAG_ENV}={tag} does not name a {spec.name} model")
@@ -208,6 +210,7 @@ def make_service(model_name: str) -> Any:
             features=_record_dict(record),
             prediction=answer,
             event_time=event_time,
+            shadow=shadow,
         )
 
     @bentoml.asgi_app(metadata_app, path="/")
@@ -296,6 +299,7 @@ def make_service(model_name: str) -> Any:
                 "run_id": self.loaded.run_id,
                 "window": self.loaded.window,
                 "bento_model_tag": self.loaded.tag,
+                "role": "challenger" if shadow else "champion",
                 "features": list(spec.features),
                 "requests_served": self.served.total(),
                 "predictions_db": self.log.display_url,

@@ -176,8 +176,10 @@ class InProcessBackend:
         version: str,
         tag: str = "",
         recorder: predictions.PredictionRecorder | None = None,
+        shadow: bool = False,
     ) -> None:
         self.spec = spec
+        self.shadow = shadow  # a challenger: its rows are logged as shadow rows
         self.name = spec.name
         self.model = model
         self.version = str(version)
@@ -205,6 +207,7 @@ class InProcessBackend:
                 features=dict(record),
                 prediction=answer.prediction,
                 event_time=meta.event_time,
+                shadow=self.shadow,
             )
             try:
                 await self.recorder.arecord([row])

@@ -21,6 +21,8 @@ from fleet.settings import TELEMETRY_OFF, Settings
 
 TAG_ENV = "FLEET_BENTO_MODEL_TAG"
 MODEL_ENV = "FLEET_MODEL"  # which catalog model bentos/model/service.py serves
+# "challenger": the service answers the gateway's mirrored calls, logged as shadow rows
+ROLE_ENV = "FLEET_MODEL_ROLE"
 
 
 class StoreError(RuntimeError):
@@ -61,6 +63,18 @@ def import_champion(settings: Settings, model: str) -> str:
     info = registry.champion_info(settings, model)
     if info is None:
         raise StoreError(f"{model} has no @champion in the registry; run `fleet train {model}`")
+    return import_version(settings, info)
+
+
+def import_challenger(settings: Settings, model: str) -> str | None:
+    """Like :func:`import_champion` for ``@challenger``; None when there is none."""
+    info = registry.challenger_info(settings, model)
+    return None if info is None else import_version(settings, info)
+
+
+def import_version(settings: Settings, info: registry.ChampionInfo) -> str:
+    """Copy one registry version into the Bento model store (idempotent); its tag."""
+    model = info.model_name
     tag = model_tag(model, info.version)
     registry.client(settings)  # points MLflow at the fleet's registry
     import bentoml

@@ -228,11 +228,25 @@ class Dataset(_Spec):
         return self._file
 
 
+class ShadowRule(_Spec):
+    """A candidate the holdout cannot decide (its gain's interval spans the margin) is
+    served as ``@challenger``: the gateway mirrors live traffic to it, and the paired
+    test runs again on the labelled traffic both answered (``monitoring.shadow``)."""
+
+    enabled: bool = False
+    # paired labelled rows (champion and challenger answered, the label is in) a look needs
+    min_rows: int = Field(200, ge=10)
+    # looks at the labelled traffic before an undecided challenger is rejected; each look
+    # tests at (1 - confidence) / looks, so that all of them together keep the error rate
+    looks: int = Field(4, ge=1, le=20)
+
+
 class PromotionRule(_Spec):
     metric: Metric
     # the candidate's gain over the champion, at its lower confidence bound, must reach this
     margin: float = Field(0.0, ge=0)
     confidence: float = Field(0.95, ge=0.5, lt=1)  # one-sided level of that lower bound
+    shadow: ShadowRule = Field(default_factory=ShadowRule)
 
     @property
     def greater_is_better(self) -> bool:

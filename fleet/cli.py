@@ -36,6 +36,13 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 # exit codes scripts can rely on (README, "Exit codes")
 OK, REJECTED, USAGE = 0, 1, 2
+STATUS_COLOURS = {"promoted": "green", "challenger": "cyan", "kept": "yellow", "skipped": "yellow"}
+RETRAIN_MARKS = {
+    "promoted": " ▲ promoted",
+    "challenger": " retrained, shadowing",
+    "kept": " retrained, kept",
+}
+SHADOW_MARKS = {"promote": " ▲ challenger promoted", "reject": " challenger rejected"}
 _options_given = {"debug": False, "verbose": False}
 
 
@@ -226,7 +233,7 @@ def train(
     for column in ("status", "version", "metric", "candidate", "champion before", "after"):
         table.add_column(column)
     for r in results:
-        colour = {"promoted": "green", "kept": "yellow", "skipped": "yellow"}.get(r.status, "red")
+        colour = STATUS_COLOURS.get(r.status, "red")
         table.add_row(
             r.model,
             f"[{colour}]{r.status}[/]",
@@ -260,7 +267,7 @@ def retrain(
     with _flows(settings):
         outcome = retrain_flow(model=model, until=last.isoformat() if last else None,
                                reason="by hand (fleet retrain)")  # fmt: skip
-    colour = {"promoted": "green", "kept": "yellow", "skipped": "yellow"}.get(outcome.status, "red")
+    colour = STATUS_COLOURS.get(outcome.status, "red")
     console.print(f"{model}: [{colour}]{outcome.status}[/] ({outcome.message})", soft_wrap=True)
     if outcome.status == "failed":
         raise typer.Exit(1)
@@ -272,21 +279,25 @@ def _fmt(value: float | None) -> str:
 
 @app.command()
 def models() -> None:
-    """The catalog with champion version, metric, training window and last decision."""
+    """The catalog with champion and challenger, metric, training window, last decision."""
     settings = _setup()
     from fleet.registry import fleet_table
 
     table = Table(title="fleet")
     table.add_column("model", no_wrap=True)
-    for column in ("task", "champion", "metric", "window", "versions", "last decision"):
+    columns = ("task", "champion", "metric", "window", "challenger", "versions", "last decision")
+    for column in columns:
         table.add_column(column)
     for row in fleet_table(settings):
         if not row.registered:
-            table.add_row(row.model, row.task, "-", row.metric, "-", "0", row.note)
+            table.add_row(row.model, row.task, "-", row.metric, "-", "-", "0", row.note)
             continue
+        challenger = "-"
+        if row.challenger_version is not None:
+            challenger = f"v{row.challenger_version}\n{row.challenger_note}"
         champion = "-" if row.champion_version is None else f"v{row.champion_version}"
         if row.champion_gain:
-            champion += f"\ngain {row.champion_gain}"
+            champion += f"\n{row.champion_gain}"
         decision = f"v{row.last_version} {row.last_decision or '-'}"
         if row.last_gain and row.last_version != row.champion_version:
             decision += f"\ngain {row.last_gain}"
@@ -296,6 +307,7 @@ def models() -> None:
             champion,
             f"{row.metric} {_fmt(row.champion_score)}",
             row.window or "-",
+            challenger,
             str(row.versions),
             f"{decision} {row.note}".strip(),
         )
@@ -319,6 +331,41 @@ def rollback(model: Annotated[str, typer.Argument(help="model name from the cata
     except RegistryError as exc:
         _fail(str(exc))
     console.print(f"{model}: @champion moved from version {before} back to version {after}")
+
+
+def _challenger_command(model: str, promote: bool) -> None:
+    """``fleet promote`` / ``fleet reject``: decide the @challenger by hand, then move a
+    running fleet to what the registry now says."""
+    settings = _setup()
+    from fleet import registry
+    from fleet.catalog import get_model
+    from fleet.topology import follow_registry
+
+    try:
+        get_model(model)
+        if promote:
+            before, after = registry.promote_challenger(settings, model, "promoted by hand")
+            console.print(f"{model}: @champion moved from version {before} to version {after}")
+        else:
+            version = registry.reject_challenger(settings, model, "rejected by hand")
+            console.print(f"{model}: @challenger version {version} rejected")
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=USAGE)
+    except registry.RegistryError as exc:
+        _fail(f"{exc}; `fleet models` shows each model's challenger")
+    console.print(f"serving: {follow_registry(settings, model)}")
+
+
+@app.command()
+def promote(model: Annotated[str, typer.Argument(help="model name from the catalog")]) -> None:
+    """Make the @challenger the @champion now, without waiting for the shadow test."""
+    _challenger_command(model, promote=True)
+
+
+@app.command()
+def reject(model: Annotated[str, typer.Argument(help="model name from the catalog")]) -> None:
+    """Drop the @challenger: it stops shadowing the champion."""
+    _challenger_command(model, promote=False)
 
 
 WhenOption = Annotated[
@@ -426,8 +473,9 @@ def _print_timeline(summary: dict) -> None:
             m = week["models"][name]
             closed = "–" if m["closed_loop"] is None else f"{m['closed_loop']:.3f}"
             frozen = "–" if m["frozen"] is None else f"{m['frozen']:.3f}"
-            act = {"promoted": " ▲ promoted", "kept": " retrained, kept"}.get(m["retrain"], "")
+            act = RETRAIN_MARKS.get(m["retrain"], "")
             act = act or (f" retrain {m['retrain']}" if m["retrain"] else "")
+            act += SHADOW_MARKS.get(m.get("shadow", ""), "")
             cells.append(f"v{m['served_version']} {closed} ({frozen}){act}")
         table.add_row(week["start"], *cells)
     means = [
@@ -709,7 +757,7 @@ def _reload(settings: Settings, timeout: float) -> None:
     if not swaps:
         console.print("every model already serves its @champion; nothing changed")
     for swap in swaps:
-        console.print(f"{swap.model}: {swap.old_tag} -> {swap.new_tag} ({swap.url})")
+        console.print(swap.text())
     _print_components(settings)
 
 

@@ -25,7 +25,7 @@ class ModelOutcome:
     """What training one model ended in: one row of ``fleet train``'s table."""
 
     model: str
-    status: str  # promoted | kept | failed
+    status: str  # promoted | challenger (kept, shadowing the champion) | kept | failed | skipped
     metric: str
     version: str | None = None
     candidate_score: float | None = None
@@ -92,7 +92,7 @@ def outcome_of(result: object) -> ModelOutcome:
     decision = result.decision
     return ModelOutcome(
         model=decision.model_name,
-        status="promoted" if decision.promoted else "kept",
+        status="promoted" if decision.promoted else "challenger" if decision.challenger else "kept",
         metric=decision.metric,
         version=str(decision.version),
         candidate_score=decision.candidate_score,

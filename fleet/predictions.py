@@ -53,6 +53,8 @@ class PredictionRow(Base):
     version: Mapped[str] = mapped_column(sa.String(32))
     features: Mapped[dict[str, Any]] = mapped_column(JSONType)
     prediction: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # a @challenger's mirrored answer, never returned to the caller (monitoring.shadow)
+    shadow: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
 
 
 def utcnow() -> datetime:
@@ -75,6 +77,7 @@ class LoggedPrediction:
     prediction: dict[str, Any]
     event_time: datetime | None = None
     logged_at: datetime = field(default_factory=utcnow)
+    shadow: bool = False  # a challenger's mirrored answer (see PredictionRow.shadow)
 
     def row(self) -> dict[str, Any]:
         return {
@@ -85,9 +88,11 @@ class LoggedPrediction:
             "version": self.version,
             "features": self.features,
             "prediction": self.prediction,
+            "shadow": self.shadow,
         }
 
 
+SHADOW_COLUMN = "shadow BOOLEAN NOT NULL DEFAULT false"  # added to logs made before it
 META_COLUMNS = ["logged_at", "event_time", "request_id", "model", "version"]
 
 
@@ -105,7 +110,21 @@ class PredictionLog:
             # several workers start at once: another one created the table or index
             # between our check and our CREATE; a second pass finds them
             Base.metadata.create_all(self.engine)
+        self._add_shadow_column()
         return self
+
+    def _add_shadow_column(self) -> None:
+        """A log made before challengers existed gets the ``shadow`` column (all false)."""
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
+        if "shadow" in columns:
+            return
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.text(f"ALTER TABLE predictions ADD COLUMN {SHADOW_COLUMN}"))
+        except sa.exc.DBAPIError:  # another worker added it meanwhile
+            columns = {c["name"] for c in sa.inspect(self.engine).get_columns("predictions")}
+            if "shadow" not in columns:
+                raise
 
     @property
     def display_url(self) -> str:
@@ -120,11 +139,20 @@ class PredictionLog:
         return len(predictions)
 
     def _where(
-        self, model: str | None, start: datetime | None, end: datetime | None
+        self,
+        model: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        shadow: bool | None = False,
+        version: str | None = None,
     ) -> list[sa.ColumnElement[bool]]:
         clauses: list[sa.ColumnElement[bool]] = []
         if model is not None:
             clauses.append(PredictionRow.model == model)
+        if shadow is not None:
+            clauses.append(PredictionRow.shadow == shadow)
+        if version is not None:
+            clauses.append(PredictionRow.version == version)
         if start is not None:
             clauses.append(PredictionRow.event_time >= as_utc(start))
         if end is not None:
@@ -132,10 +160,15 @@ class PredictionLog:
         return clauses
 
     def count(
-        self, model: str | None = None, start: datetime | None = None, end: datetime | None = None
+        self,
+        model: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        shadow: bool | None = False,
     ) -> int:
+        """Rows answered to callers (``shadow=True``: a challenger's; None: both)."""
         query = sa.select(sa.func.count()).select_from(PredictionRow)
-        query = query.where(*self._where(model, start, end))
+        query = query.where(*self._where(model, start, end, shadow))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 
@@ -145,8 +178,11 @@ class PredictionLog:
         start: datetime | None = None,
         end: datetime | None = None,
         limit: int | None = None,
+        shadow: bool = False,
+        version: str | None = None,
     ) -> pd.DataFrame:
-        """Rows of ``model`` with ``start <= event_time < end``, oldest first.
+        """Rows of ``model`` with ``start <= event_time < end``, oldest first: the answers
+        callers got, or with ``shadow`` a challenger's mirrored ones (of ``version``).
 
         Columns: ``logged_at, event_time, request_id, model, version``, one column per
         logged feature, and the prediction's fields prefixed ``prediction_`` (for
@@ -154,7 +190,7 @@ class PredictionLog:
         """
         query = (
             sa.select(PredictionRow)
-            .where(*self._where(model, start, end))
+            .where(*self._where(model, start, end, shadow, version))
             .order_by(PredictionRow.event_time, PredictionRow.id)
         )
         if limit is not None:

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from fleet.settings import Settings
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # an undecided candidate, served in shadow (monitoring.shadow)
 HISTORY_TAG = "champion_history"
 HISTORY_KEEP = 50  # entries kept in the registered-model tag (the versions keep the rest)
 MODEL_ARTIFACT = "model"
@@ -108,9 +109,12 @@ class Decision:
     baseline_score: float
     champion_before: int | None
     champion_after: int | None
+    challenger: bool = False  # not promoted, but served as @challenger until traffic decides
 
     @property
     def label(self) -> str:
+        if self.challenger:
+            return CHALLENGER
         return "promoted" if self.promoted else "rejected"
 
 
@@ -142,8 +146,10 @@ class ModelRow:
     window: str | None = None
     last_version: int | None = None
     last_decision: str | None = None
-    champion_gain: str = ""  # the champion's gain at its promotion, with the interval
+    champion_gain: str = ""  # what promoted the champion: its gain, with the interval
     last_gain: str = ""  # the last decided version's, likewise
+    challenger_version: int | None = None
+    challenger_note: str = ""  # how far the shadow test has come
     note: str = ""
 
 
@@ -401,13 +407,17 @@ def _ensure_registered_model(mlc: MlflowClient, spec: ModelSpec) -> None:
 # --- the champion gate ----------------------------------------------------------------
 
 
-def _champion_version(mlc: MlflowClient, name: str) -> Any | None:
+def _alias_version(mlc: MlflowClient, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return mlc.get_model_version_by_alias(name, CHAMPION)
+        return mlc.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def _champion_version(mlc: MlflowClient, name: str) -> Any | None:
+    return _alias_version(mlc, name, CHAMPION)
 
 
 def load_version(settings: Settings, model_name: str, version: int | str) -> Any:
@@ -553,6 +563,30 @@ def judge(
     return promoted, reason, tags
 
 
+def undecided(spec: ModelSpec, tags: dict[str, str], baseline_score: float) -> bool:
+    """Whether a candidate the gate did not promote goes on as ``@challenger``: shadowing
+    is on, its gain's interval still reaches above the margin (more rows could show
+    it), and it beats the trivial baseline."""
+    rule = spec.promotion
+    if not rule.shadow.enabled or "gain_high" not in tags:
+        return False
+    low, high = float(tags["gain_low"]), float(tags["gain_high"])
+    return (
+        math.isfinite(high)
+        and low <= rule.margin < high
+        and training.is_better(spec, float(tags["candidate_score"]), baseline_score)
+    )
+
+
+def _retire_challenger(mlc: MlflowClient, name: str, keep: int, why: str) -> None:
+    """Drop ``@challenger`` (unless it is version ``keep``): it is ``superseded``."""
+    current = _alias_version(mlc, name, CHALLENGER)
+    if current is None or int(current.version) == keep:
+        return
+    mlc.delete_registered_model_alias(name, CHALLENGER)
+    _set_tags(mlc, name, current.version, {"decision": "superseded", "reason": why})
+
+
 def promote_if_better(
     settings: Settings,
     spec: ModelSpec,
@@ -570,6 +604,10 @@ def promote_if_better(
     is ``promoting`` until it has), so a crash at any step leaves the previous champion
     in place or the new one fully explained, and the next holder finishes the record
     (:func:`repair`).
+
+    A candidate the holdout cannot decide (:func:`undecided`) becomes ``@challenger``
+    in place of any earlier one; a promotion retires the challenger, which was judged
+    against the champion it replaces.
     """
     mlc = client(settings)
     metric = spec.promotion.metric
@@ -588,13 +626,16 @@ def promote_if_better(
         promoted, reason, judged = judge(spec, cand_model, champ_model, X_hold, y_hold, base_score)
         if champ_version is not None:
             reason = reason.replace(" against ", f" against champion v{champ_version}'s ", 1)
+        shadow = not promoted and champ_version is not None and undecided(spec, judged, base_score)
+        if shadow:
+            reason += f"; served as @{CHALLENGER} until labelled traffic decides"
         cand_score = float(judged["candidate_score"])
         champ_score = float(judged["champion_score"]) if "champion_score" in judged else None
 
         decided_at = _now()
         tags = {
             **judged,
-            "decision": PROMOTING if promoted else "rejected",
+            "decision": PROMOTING if promoted else CHALLENGER if shadow else "rejected",
             "reason": reason,
             "metric": metric,
             "champion_score": _fmt(champ_score),
@@ -614,6 +655,18 @@ def promote_if_better(
                  "from": champ_version, "reason": reason},
             )  # fmt: skip
             _set_tags(mlc, name, candidate.version, {"decision": "promoted"})
+            why = f"v{candidate.version} became champion; this was judged against v{champ_version}"
+            _retire_challenger(mlc, name, candidate.version, why)
+        elif shadow:
+            lease.check()
+            _retire_challenger(mlc, name, candidate.version,
+                               f"v{candidate.version} is the newer @{CHALLENGER}")  # fmt: skip
+            mlc.set_registered_model_alias(name, CHALLENGER, str(candidate.version))
+            _append_history(
+                mlc, name,
+                {"version": candidate.version, "at": decided_at, "event": CHALLENGER,
+                 "from": champ_version, "reason": reason},
+            )  # fmt: skip
     return Decision(
         model_name=name,
         version=candidate.version,
@@ -625,7 +678,82 @@ def promote_if_better(
         baseline_score=base_score,
         champion_before=champ_version,
         champion_after=candidate.version if promoted else champ_version,
+        challenger=shadow,
     )
+
+
+def challenger_info(settings: Settings, model_name: str) -> ChampionInfo | None:
+    """The model's ``@challenger`` (same fields as a champion's), or None."""
+    mv = _alias_version(client(settings), model_name, CHALLENGER)
+    return None if mv is None else _version_info(model_name, mv)
+
+
+def promote_challenger(settings: Settings, model_name: str, reason: str) -> tuple[int | None, int]:
+    """Move ``@champion`` to the ``@challenger`` (by hand, or the shadow test decided);
+    returns (previous champion, new champion). Same lease and crash protocol as
+    :func:`promote_if_better`; the previous champion is the new one's rollback."""
+    mlc = client(settings)
+    with champion_lock(settings, model_name) as lease:
+        repair(mlc, model_name)
+        chall = _alias_version(mlc, model_name, CHALLENGER)
+        if chall is None:
+            raise RegistryError(f"{model_name} has no @{CHALLENGER} to promote")
+        champ = _champion_version(mlc, model_name)
+        before = int(champ.version) if champ is not None else None
+        at = _now()
+        lease.check()
+        _set_tags(
+            mlc, model_name, chall.version,
+            {"decision": PROMOTING, "reason": reason, "decided_at": at,
+             "champion_before": str(before) if before is not None else "none"},
+        )  # fmt: skip
+        lease.check()
+        mlc.set_registered_model_alias(model_name, CHAMPION, chall.version)
+        mlc.delete_registered_model_alias(model_name, CHALLENGER)
+        _append_history(
+            mlc, model_name,
+            {"version": int(chall.version), "at": at, "event": "promoted", "from": before,
+             "reason": reason},
+        )  # fmt: skip
+        _set_tags(mlc, model_name, chall.version, {"decision": "promoted"})
+    return before, int(chall.version)
+
+
+def reject_challenger(settings: Settings, model_name: str, reason: str) -> int:
+    """Drop ``@challenger``; its version is ``rejected`` with ``reason``. Returns it."""
+    mlc = client(settings)
+    with champion_lock(settings, model_name) as lease:
+        chall = _alias_version(mlc, model_name, CHALLENGER)
+        if chall is None:
+            raise RegistryError(f"{model_name} has no @{CHALLENGER} to reject")
+        lease.check()
+        mlc.delete_registered_model_alias(model_name, CHALLENGER)
+        _set_tags(mlc, model_name, chall.version,
+                  {"decision": "rejected", "reason": reason, "decided_at": _now()})  # fmt: skip
+        _append_history(
+            mlc, model_name,
+            {"version": int(chall.version), "at": _now(), "event": "challenger rejected",
+             "reason": reason},
+        )  # fmt: skip
+    return int(chall.version)
+
+
+def set_version_tags(
+    settings: Settings, model_name: str, version: int, tags: dict[str, str]
+) -> None:
+    """Record ``tags`` on one version (the shadow test's looks)."""
+    _set_tags(client(settings), model_name, version, tags)
+
+
+def shadow_text(tags: dict[str, str]) -> str:
+    """How far a challenger's shadow test has come, from its tags."""
+    looks = tags.get("shadow_looks")
+    if not looks:
+        return "shadowing, no look at labelled traffic yet"
+    text = f"look {looks}, {tags.get('shadow_rows', '?')} paired rows"
+    gain = gain_text({k.removeprefix("shadow_"): v for k, v in tags.items()
+                      if k.startswith("shadow_gain")})  # fmt: skip
+    return f"{text}, gain {gain}" if gain else text
 
 
 def rollback(settings: Settings, model_name: str) -> tuple[int, int]:
@@ -687,8 +815,10 @@ def champion_info(settings: Settings, model_name: str) -> ChampionInfo | None:
         mv = _champion_version(mlc, model_name)
     except Exception:
         return None
-    if mv is None:
-        return None
+    return None if mv is None else _version_info(model_name, mv)
+
+
+def _version_info(model_name: str, mv: Any) -> ChampionInfo:
     tags = dict(mv.tags)
     metric = tags.get("metric", get_model(model_name).promotion.metric)
     raw = tags.get("candidate_score", tags.get(f"holdout_{metric}", "none"))
@@ -702,6 +832,14 @@ def champion_info(settings: Settings, model_name: str) -> ChampionInfo | None:
         score=None if raw == "none" else float(raw),
         tags=tags,
     )
+
+
+def _champion_gain(tags: dict[str, str]) -> str:
+    """The gain that made the champion: on live traffic when the shadow test promoted it."""
+    if tags.get("shadow_looks"):
+        return f"on live traffic: {shadow_text(tags)}"
+    holdout = gain_text(tags)
+    return f"gain {holdout}" if holdout else ""
 
 
 def fleet_table(settings: Settings) -> list[ModelRow]:
@@ -723,6 +861,7 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
         versions = mlc.search_model_versions(f"name = '{spec.name}'")
         latest = max(versions, key=lambda v: int(v.version)) if versions else None
         champ = champion_info(settings, spec.name)
+        chall = challenger_info(settings, spec.name)
         # read-only: an interrupted promotion is shown, the next writer repairs it
         broken = [
             f"v{v.version} {v.tags.get('decision')} (its process died while promoting)"
@@ -742,8 +881,10 @@ def fleet_table(settings: Settings) -> list[ModelRow]:
                 window=str(champ.window) if champ else None,
                 last_version=int(latest.version) if latest else None,
                 last_decision=latest.tags.get("decision") if latest else None,
-                champion_gain=gain_text(champ.tags) if champ else "",
+                champion_gain=_champion_gain(champ.tags) if champ else "",
                 last_gain=gain_text(dict(latest.tags)) if latest else "",
+                challenger_version=chall.version if chall else None,
+                challenger_note=shadow_text(chall.tags) if chall else "",
                 note="; ".join(
                     ([] if champ else ["no champion: no version passed the gate"]) + broken
                 ),

@@ -121,7 +121,9 @@ class ModelWeek:
     drifted_columns: list[str] = field(default_factory=list)
     fired: bool = False
     decision: str = ""
-    retrain: str = ""  # promoted | kept | failed | skipped | "" (no retraining)
+    retrain: str = ""  # promoted | challenger | kept | failed | skipped | "" (none)
+    shadow: str = ""  # the challenger's shadow test this week: promote | reject | wait
+    shadow_note: str = ""  # and why, with what serving did
     champion_after: str = ""
     retrain_seconds: float | None = None  # decision -> retrained, gated, serving moved
     train_seconds: float | None = None  # of which fitting the model
@@ -419,6 +421,20 @@ class Replay:
         week.fired = decision.fire
         week.decision = decision.reason
         week.report = summary.report_path
+        week.shadow, week.shadow_note = summary.shadow_action, summary.shadow_note
+        if summary.shadow_action == "promote":  # the challenger won on this week's labels
+            self.promotions.append(
+                {
+                    "model": name,
+                    "week": first.isoformat(),
+                    "at": after.isoformat(),
+                    "version": str(summary.challenger_version),
+                    "metric": spec.promotion.metric,
+                    "score": None,
+                    "reason": summary.shadow_note,
+                    "seconds_to_serving": None,
+                }
+            )
         if decision.fire:
             self.on_fire(summary, decision)
             t_fired = time.perf_counter()

@@ -74,6 +74,20 @@ class CombinedResult:
         }
 
 
+CHALLENGER_ROUTE = "@challenger"  # suffix of a challenger's key in the gateway's routes
+
+
+def challenger_route(model: str) -> str:
+    """The routes key of ``model``'s challenger (``flight_delay@challenger``)."""
+    return model + CHALLENGER_ROUTE
+
+
+def parse_route(key: str) -> tuple[str, bool]:
+    """(catalog model, is a challenger) of a routes key; KeyError for an unknown model."""
+    name = key.removesuffix(CHALLENGER_ROUTE)
+    return catalog.get_model(name).name, name != key
+
+
 def record_kinds() -> list[str]:
     """The input keys a gateway request may carry: each dataset's ``record``, that has models."""
     used = {spec.dataset.name for spec in catalog.models().values()}

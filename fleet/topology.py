@@ -6,6 +6,11 @@
 - ``mono``: the gateway alone, hosting every model in-process
   (``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS``).
 
+A model with a ``@challenger`` gets it served beside the champion: in micro its own
+service ``<model>.challenger`` on a free port (``FLEET_MODEL_ROLE=challenger``), in mono
+loaded in the gateway; either way under the routes key ``<model>@challenger``, which
+the gateway mirrors traffic to (``bentos/gateway/service.py``).
+
 The Bento model tags are inputs: importing champions into the Bento store is the
 caller's step, so planning stays free of bentoml and MLflow.
 """
@@ -28,9 +33,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fleet import catalog, processes
+from fleet.bento_store import ROLE_ENV
 from fleet.catalog import get_model, model_port
 from fleet.files import write_text_atomic
 from fleet.processes import Launch, Running
+from fleet.routing import challenger_route, parse_route
 from fleet.settings import REPO_ROOT, Settings
 
 Topology = Literal["micro", "mono"]
@@ -39,6 +46,16 @@ GATEWAY = "gateway"
 MODEL_SERVICE = "bentos.model.service:Service"  # one template serves any model
 BACKENDS_FILE_ENV = "FLEET_GATEWAY_BACKENDS_FILE"
 TAGS_FILE_ENV = "FLEET_BENTO_MODEL_TAGS_FILE"
+CHALLENGER = "challenger"  # a component's role: its answers are mirrored, never returned
+
+
+def challenger_component(model: str) -> str:
+    """The component name of ``model``'s challenger service (micro)."""
+    return f"{model}.{CHALLENGER}"
+
+
+def is_challenger(component: Running | Launch) -> bool:
+    return component.meta.get("role") == CHALLENGER
 
 
 @dataclass(frozen=True)
@@ -175,25 +192,35 @@ def plan(
     topology: Topology,
     models: list[str],
     tags: dict[str, str],
+    challengers: dict[str, str] | None = None,
 ) -> Plan:
-    """The launches of ``topology`` for ``models`` (catalog order), given their Bento tags."""
+    """The launches of ``topology`` for ``models`` (catalog order), given their Bento
+    tags, and the challengers of those models (model -> tag) served beside them."""
     if topology not in TOPOLOGIES:
         raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
     models = resolve_models(models)
     missing = [m for m in models if m not in tags]
     if missing:
         raise ValueError(f"no Bento model tag for: {', '.join(missing)}")
+    shadows = {name: tag for name, tag in (challengers or {}).items() if name in models}
     launches: list[Launch] = []
     if topology == "micro":
         for name in models:
             port = model_port(settings.model_port_base, name)
             launches.append(model_launch(settings, name, tags[name], port))
         backends = {launch.name: launch.url for launch in launches}
+        for name, tag in shadows.items():
+            port = processes.free_port(settings.serve_host)
+            launches.append(
+                model_launch(settings, name, tag, port, challenger_component(name), challenger=True)
+            )
+            backends[challenger_route(name)] = launches[-1].url
         # the file is how a rolling update re-points the running gateway (see update)
         files = {backends_file(settings): backends}
         gateway = gateway_launch(settings, "micro", backends)
     else:
         served = {name: tags[name] for name in models}
+        served |= {challenger_route(name): tag for name, tag in shadows.items()}
         files = {tags_file(settings): served}
         gateway = gateway_launch(settings, "mono", served)
     launches.append(gateway)
@@ -201,17 +228,27 @@ def plan(
 
 
 def model_launch(
-    settings: Settings, name: str, tag: str, port: int, component: str | None = None
+    settings: Settings,
+    name: str,
+    tag: str,
+    port: int,
+    component: str | None = None,
+    challenger: bool = False,
 ) -> Launch:
-    """One model's service: the template serving ``tag`` on ``port`` (workers: its spec)."""
+    """One model's service: the template serving ``tag`` on ``port`` (workers: its spec);
+    a ``challenger`` logs its answers as shadow rows."""
     host = settings.serve_host
+    env = {**service_env(settings), **model_env(name, tag)}
+    meta = {"tag": tag}
+    if challenger:
+        env[ROLE_ENV] = meta["role"] = CHALLENGER
     return Launch(
         name=component or name,
         command=serve_command(MODEL_SERVICE, host, port),
         host=host,
         port=port,
-        env={**service_env(settings), **model_env(name, tag)},
-        meta={"tag": tag},
+        env=env,
+        meta=meta,
         cwd=REPO_ROOT,
         port_hint="--model-port-base or FLEET_MODEL_PORT_BASE",
     )
@@ -304,7 +341,10 @@ def relaunch(settings: Settings, component: Running) -> Launch:
         at_port = settings.model_copy(update={"gateway_port": component.port})
         return gateway_launch(at_port, component.topology or "micro", routes)
     model = component.name.split(".")[0]  # "<model>.next" during a reload
-    return model_launch(settings, model, component.meta["tag"], component.port, component.name)
+    return model_launch(
+        settings, model, component.meta["tag"], component.port, component.name,
+        challenger=is_challenger(component),
+    )  # fmt: skip
 
 
 def restart(settings: Settings, component: Running, timeout: float = 180.0) -> Running:
@@ -338,12 +378,20 @@ def stop_fleet(settings: Settings, grace: float = 15.0) -> list[tuple[Running, b
 
 @dataclass(frozen=True)
 class Swap:
-    """One model moved to a new pinned version by an update."""
+    """One model (or ``<model>@challenger``) moved to a new pinned version by an update;
+    ``new_tag`` None: a challenger stopped, ``old_tag`` None: one started."""
 
     model: str
     old_tag: str | None
-    new_tag: str
+    new_tag: str | None
     url: str  # where the new version is served (the gateway's URL in mono)
+
+    def text(self) -> str:
+        if self.new_tag is None:
+            return f"{self.model}: {self.old_tag} stopped"
+        if self.old_tag is None:
+            return f"{self.model}: {self.new_tag} started ({self.url})"
+        return f"{self.model}: {self.old_tag} -> {self.new_tag} ({self.url})"
 
 
 def gateway_metadata(
@@ -359,16 +407,26 @@ def gateway_metadata(
 
 
 def _wait_gateway(
-    settings: Settings, gateway: Running, model: str, key: str, value: str, timeout: float
+    settings: Settings,
+    gateway: Running,
+    model: str,
+    key: str,
+    value: str | None,
+    timeout: float,
+    table: str = "backends",
 ) -> None:
+    """Until the gateway's /metadata shows ``table[model][key] == value`` (None: until
+    ``model`` is gone from ``table``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        meta = gateway_metadata(gateway.url, headers=settings.auth_headers()) or {}
-        if str(meta.get("backends", {}).get(model, {}).get(key)) == value:
-            return
+        meta = gateway_metadata(gateway.url, headers=settings.auth_headers())
+        if meta is not None:
+            entry = meta.get(table, {}).get(model)
+            if (entry is None) if value is None else str((entry or {}).get(key)) == value:
+                return
         time.sleep(0.2)
     raise processes.ProcessError(
-        f"the gateway did not switch {model} to {value} within {timeout:.0f} s "
+        f"the gateway did not switch {model} ({table}) to {value} within {timeout:.0f} s "
         f"(it re-reads {BACKENDS_FILE_ENV} / {TAGS_FILE_ENV}); see {gateway.log}"
     )
 
@@ -384,21 +442,34 @@ def served_models(settings: Settings) -> list[str]:
     """Models the running fleet serves, catalog order."""
     gateway = _running_gateway(settings)
     if gateway.topology == "mono":
-        names = list(json.loads(gateway.meta.get("tags", "{}")))
+        keys = json.loads(gateway.meta.get("tags", "{}"))
+        names = [k for k in keys if not parse_route(k)[1]]
     else:
         names = [r.name for r in running(settings) if r.name in catalog.models()]
     return resolve_models(names) if names else []
 
 
 def update(
-    settings: Settings, tags: dict[str, str], timeout: float = 120.0, grace: float = 15.0
+    settings: Settings,
+    tags: dict[str, str],
+    timeout: float = 120.0,
+    grace: float = 15.0,
+    challengers: dict[str, str | None] | None = None,
 ) -> list[Swap]:
-    """Move the running fleet to ``tags``, under the serving lock (see :func:`_update`)."""
+    """Move the running fleet to ``tags`` (and the challengers named in ``challengers``:
+    model -> tag, None for none), under the serving lock (see :func:`_update`)."""
     with serving_lock(settings):
-        return _update(settings, tags, timeout, grace)
+        swaps = _update(settings, tags, timeout, grace, challengers)
+    return swaps
 
 
-def _update(settings: Settings, tags: dict[str, str], timeout: float, grace: float) -> list[Swap]:
+def _update(
+    settings: Settings,
+    tags: dict[str, str],
+    timeout: float,
+    grace: float,
+    challengers: dict[str, str | None] | None = None,
+) -> list[Swap]:
     """Move the running fleet to ``tags`` without failing requests; the models moved.
 
     micro, per model whose pinned tag differs: start the new version on a free port,
@@ -406,11 +477,12 @@ def _update(settings: Settings, tags: dict[str, str], timeout: float, grace: flo
     reports the new URL and until calls already sent to the old version have finished
     or timed out, then stop the old process. mono: rewrite the tags file and wait until
     the gateway reports the new versions loaded. A failed step leaves the old version
-    serving.
+    serving. Challengers follow (:func:`_sync_challengers`): a shadow has no callers
+    waiting on it, so the old one stops before the new one starts.
     """
     gateway = _running_gateway(settings)
     if gateway.topology == "mono":
-        return _update_mono(settings, gateway, tags, timeout)
+        return _update_mono(settings, gateway, tags, timeout, challengers)
     components = {r.name: r for r in running(settings)}
     swaps = []
     for name in served_models(settings):
@@ -436,28 +508,97 @@ def _update(settings: Settings, tags: dict[str, str], timeout: float, grace: flo
         processes.stop(settings, old, grace)
         processes.rename(settings, new, name)
         swaps.append(Swap(name, old.meta.get("tag"), new_tag, new.url))
+    if challengers is not None:
+        served = set(served_models(settings))
+        wanted = {name: tag for name, tag in challengers.items() if name in served}
+        swaps += _sync_challengers(settings, gateway, wanted, timeout, grace)
+    return swaps
+
+
+def _read_routes(path: Path) -> dict[str, str]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _sync_challengers(
+    settings: Settings,
+    gateway: Running,
+    wanted: dict[str, str | None],
+    timeout: float,
+    grace: float,
+) -> list[Swap]:
+    """micro: serve exactly the ``wanted`` challenger of each named model (None: none).
+
+    A challenger that changes or goes is taken out of the gateway's routes and stopped;
+    a new one is started on a free port, and routed once healthy. A failure leaves the
+    model without a challenger (its champion is untouched) and is raised.
+    """
+    # recorded, dead or alive: a dead challenger the supervisor would restart goes too
+    components = {r.name: r for r in processes.read_pid_files(settings)}
+    path = backends_file(settings)
+    swaps = []
+    for name, tag in wanted.items():
+        route = challenger_route(name)
+        old = components.get(challenger_component(name))
+        old_tag = old.meta.get("tag") if old is not None else None
+        if old_tag == tag:
+            continue
+        if old is not None:
+            write_json(path, {k: v for k, v in _read_routes(path).items() if k != route})
+            _wait_gateway(settings, gateway, name, "url", None, timeout=10, table="challengers")
+            processes.stop(settings, old, grace)
+        url = ""
+        if tag is not None:
+            port = processes.free_port(settings.serve_host)
+            launch = model_launch(settings, name, tag, port, challenger_component(name), True)
+            new = processes.start(settings, launch, "micro")
+            try:
+                processes.wait_healthy(new, timeout)
+                write_json(path, {**_read_routes(path), route: new.url})
+                _wait_gateway(settings, gateway, name, "url", new.url, timeout=10,
+                              table="challengers")  # fmt: skip
+            except BaseException:
+                write_json(path, {k: v for k, v in _read_routes(path).items() if k != route})
+                processes.stop(settings, new)
+                raise
+            url = new.url
+        swaps.append(Swap(route, old_tag, tag, url))
     return swaps
 
 
 def _update_mono(
-    settings: Settings, gateway: Running, tags: dict[str, str], timeout: float
+    settings: Settings,
+    gateway: Running,
+    tags: dict[str, str],
+    timeout: float,
+    challengers: dict[str, str | None] | None = None,
 ) -> list[Swap]:
     served = json.loads(gateway.meta.get("tags", "{}"))
-    wanted = {name: tags.get(name, tag) for name, tag in served.items()}
-    changed = [name for name in served if wanted[name] != served[name]]
-    if not changed:
+    wanted = {}
+    for key, tag in served.items():
+        model, shadow = parse_route(key)
+        wanted[key] = tag if shadow else tags.get(model, tag)
+    for model, tag in (challengers or {}).items():
+        if model in wanted:  # challengers of served models only
+            wanted.pop(challenger_route(model), None)
+            if tag is not None:
+                wanted[challenger_route(model)] = tag
+    changed = [key for key in wanted if wanted[key] != served.get(key)]
+    removed = [key for key in served if key not in wanted]
+    if not changed and not removed:
         return []
     write_json(tags_file(settings), wanted)
     try:
-        for name in changed:
-            _wait_gateway(settings, gateway, name, "tag", wanted[name], timeout)
+        for key in changed + removed:
+            model, shadow = parse_route(key)
+            _wait_gateway(settings, gateway, model, "tag", wanted.get(key), timeout,
+                          table="challengers" if shadow else "backends")  # fmt: skip
     except BaseException:
         write_json(tags_file(settings), served)
         raise
     processes.write_pid_file(
         settings, replace(gateway, meta={**gateway.meta, "tags": json.dumps(wanted)})
     )
-    return [Swap(name, served[name], wanted[name], gateway.url) for name in changed]
+    return [Swap(key, served.get(key), wanted.get(key), gateway.url) for key in changed + removed]
 
 
 # --- the whole step on the current champions, for the CLI, `fleet up` and the replay ---
@@ -500,13 +641,14 @@ def start_fleet(
     wanted = set(models) | {GATEWAY} if topology == "micro" else {GATEWAY}
     already = running(settings)
     if already:
-        same = {r.name for r in already} == wanted and all(r.topology == topology for r in already)
+        names_up = {r.name for r in already if not is_challenger(r)}
+        same = names_up == wanted and all(r.topology == topology for r in already)
         if same and all(processes.is_healthy(r.url) for r in already):
             return already, False
         found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
         raise processes.ProcessError(f"already running: {found}; run `fleet stop` first")
 
-    from fleet.bento_store import import_champion
+    from fleet.bento_store import import_challenger, import_champion
     from fleet.registry import champion_info
 
     missing = [name for name in models if champion_info(settings, name) is None]
@@ -514,7 +656,9 @@ def start_fleet(
         hints = "; ".join(f"run `fleet train {name}` first" for name in missing)
         raise NoChampion(f"no @champion yet for {', '.join(missing)}: {hints}")
     tags = {name: import_champion(settings, name) for name in models}
-    fleet_plan = plan(settings, topology, models, tags)  # type: ignore[arg-type]
+    shadows = {name: import_challenger(settings, name) for name in models}
+    challengers = {name: tag for name, tag in shadows.items() if tag is not None}
+    fleet_plan = plan(settings, topology, models, tags, challengers)  # type: ignore[arg-type]
     return start_plan(settings, fleet_plan, timeout=timeout), True
 
 
@@ -522,18 +666,36 @@ def reload_champions(
     settings: Settings, timeout: float = 180.0, models: list[str] | None = None
 ) -> list[Swap]:
     """Move the running fleet to the current @champion of ``models`` (default: every
-    served model), no downtime; a model whose champion did not change is not touched.
+    served model), no downtime, and to their current @challenger; a model whose aliases
+    did not move is not touched.
 
-    The champions are read under the serving lock: of two reloads at once, the second
+    The aliases are read under the serving lock: of two reloads at once, the second
     sees what the first left and moves only what is still behind.
     """
-    from fleet.bento_store import import_champion
+    from fleet.bento_store import import_challenger, import_champion
 
     with serving_lock(settings):
         served = served_models(settings)
         wanted = [m for m in served if models is None or m in models]
         tags = {name: import_champion(settings, name) for name in wanted}
-        return update(settings, tags, timeout=timeout)
+        challengers = {name: import_challenger(settings, name) for name in wanted}
+        return update(settings, tags, timeout=timeout, challengers=challengers)
+
+
+def follow_registry(settings: Settings, model: str) -> str:
+    """After the registry moved ``model``'s aliases: move a running fleet that serves it
+    (champion and challenger); a note on what happened."""
+    try:
+        served = served_models(settings)
+    except processes.ProcessError:  # no fleet is running here
+        served = []
+    if model not in served:
+        return "not served here"
+    try:
+        swaps = reload_champions(settings, models=[model])
+    except processes.ProcessError as exc:
+        return f"serving kept the previous versions: {exc}"
+    return "; ".join(swap.text() for swap in swaps) or "serving already current"
 
 
 def component_report(settings: Settings, timeout: float = 1.0) -> list[dict[str, Any]]:

@@ -128,6 +128,7 @@ def week_line(week: Any) -> str:
         score = "-" if m.closed_loop is None else f"{m.closed_loop:.3f}"
         frozen = "-" if m.frozen is None else f"{m.frozen:.3f}"
         act = f" retrain:{m.retrain}" if m.retrain else ""
+        act += f" challenger:{m.shadow}" if m.shadow else ""
         parts.append(f"{name} v{m.served_version} {m.metric} {score} (frozen {frozen}){act}")
     sent = sum(week.sent.values())
     return f"{week.start}: {sent} requests, {week.errors} errors, {week.seconds}s | " + "; ".join(

@@ -29,25 +29,8 @@ from fleet import pipeline
 from fleet.catalog import get_model
 from fleet.pipeline import ModelOutcome
 from fleet.settings import Settings, get_settings, prepare_environment
+from fleet.topology import follow_registry
 from flows.train import train_model
-
-
-def reload_serving(settings: Settings, model: str) -> str:
-    """Move a running fleet to the new champion; a note on what happened."""
-    from fleet import processes, topology
-
-    try:
-        served = topology.served_models(settings)
-    except processes.ProcessError:  # no fleet is running here
-        served = []
-    if model not in served:
-        return "not served here"
-    try:
-        swaps = topology.reload_champions(settings, models=[model])
-    except processes.ProcessError as exc:
-        return f"serving kept the previous version: {exc}"
-    moved = [s for s in swaps if s.model == model]
-    return f"serving moved to {moved[0].new_tag}" if moved else "serving already current"
 
 
 def _skipped(spec_name: str, metric: str, message: str) -> ModelOutcome:
@@ -105,8 +88,8 @@ def retrain_flow(
         if outcome.status == "failed" and claims is not None:
             claims.fail(spec.name, firing)  # the next firing retrains
             outcome.message += "; the cooldown is handed back, the next firing retrains"
-        if outcome.status == "promoted":
-            note = reload_serving(settings, spec.name)
+        if outcome.status in ("promoted", "challenger"):
+            note = follow_registry(settings, spec.name)
             outcome.message = f"{outcome.message}; {note}" if outcome.message else note
         if firing:
             record_outcome(settings, firing, spec.name, outcome)

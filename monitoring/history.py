@@ -84,6 +84,7 @@ class MonitorRun:
     report_path: str
     firing: str | None = None  # the firing it claimed, when it fired
     outcome: str | None = None  # its retraining: "promoted v5", "kept v6", "failed", ...
+    shadow: str = ""  # the challenger's shadow test this run, if any
 
 
 def _finite(value: float | None) -> float | None:
@@ -167,6 +168,7 @@ class MonitorHistory:
                     reason=r.reason,
                     report_path=r.report_path,
                     firing=(r.summary or {}).get("firing"),
+                    shadow=(r.summary or {}).get("shadow_note") or "",
                 )
             )
         outcomes = self._outcomes({run.firing for run in out if run.firing})

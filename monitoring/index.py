@@ -45,6 +45,8 @@ def render(runs: Sequence[MonitorRun], index_dir: Path) -> str:
         else:  # and what the retraining ended as, once it has
             done = html.escape(r.outcome) if r.outcome else "retraining not finished"
             decision = f'<span class="retrain">retrain</span> &rarr; {done}'
+        if r.shadow:
+            decision += f"<br>{html.escape(r.shadow)}"
         window = f"{r.window_start:%Y-%m-%d %H:%M} .. {r.window_end:%Y-%m-%d %H:%M}"
         # a job below the policy's minimum rows measured nothing and wrote no report
         measured = bool(r.report_path)

@@ -1,4 +1,5 @@
-"""One drift job end to end, as a plain function: frames -> Evidently -> policy -> history.
+"""One drift job end to end, as a plain function: frames -> Evidently -> shadow test ->
+policy -> history.
 
 ``flows/monitor.py`` wraps :func:`run_monitor` (and adds the event, the artifact and the
 temporary-mode retrain); the replay calls it directly, one flow run per model per step
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from fleet.catalog import get_model
 from fleet.predictions import as_utc
 from fleet.settings import Settings
-from monitoring import cbpe, drift, frames, index, policy
+from monitoring import cbpe, drift, frames, index, policy, shadow
 from monitoring.claims import Claims
 from monitoring.frames import MonitorError
 from monitoring.history import MonitorHistory
@@ -73,9 +74,11 @@ def run_monitor(
 ) -> tuple[DriftSummary, TriggerDecision]:
     """Drift job for ``model`` over ``[start, end)`` of logged event time.
 
-    Writes the report, applies the spec's policy at ``now`` (default: the window's end,
-    so cooldowns run on the data's clock, simulated or not), claims the trigger when it
-    fires, records the run and rewrites the index.
+    Writes the report, runs the shadow test of the model's ``@challenger`` (promoting or
+    rejecting it, and moving a running fleet that serves the model to what the
+    registry then says), applies the spec's policy at ``now`` (default: the window's
+    end, so cooldowns run on the data's clock, simulated or not), claims the trigger
+    when it fires, records the run and rewrites the index.
     """
     from fleet.registry import champion_info
 
@@ -141,6 +144,15 @@ def run_monitor(
             summary.estimated_quality, summary.estimated_se = found.value, found.se
             summary.estimate_note = found.text()
 
+    verdict = shadow.run_shadow_gate(settings, model)
+    if verdict is not None:
+        summary.challenger_version = verdict.challenger
+        summary.shadow_action, summary.shadow_note = verdict.action, verdict.text()
+        if verdict.action != "wait":
+            from fleet.topology import follow_registry
+
+            summary.shadow_note += f"; serving: {follow_registry(settings, model)}"
+
     history = MonitorHistory(settings.state_db_url).create()
     claims = Claims(settings.state_db_url).create()
     try:
@@ -159,6 +171,14 @@ def run_monitor(
             estimate=summary.estimated_quality,
             estimate_se=summary.estimated_se,
         )
+        if decision.fire and summary.shadow_action == "promote":
+            # the window judged the champion just replaced: the new one is judged next run
+            decision = TriggerDecision(
+                False,
+                f"{decision.reason}, but the challenger was just promoted in its place",
+                decision.drift,
+                decision.quality_drop,
+            )
         cooldown = timedelta(days=spec.drift.cooldown_days)
         firing = claims.claim(model, now, cooldown) if decision.fire else None
         if decision.fire and firing is None:
@@ -233,6 +253,8 @@ def decision_lines(summary: DriftSummary, decision: TriggerDecision) -> tuple[st
         lines.append(f"watched (never fire alone), moved: {', '.join(summary.watched_drifted)}")
     if summary.excluded_columns:
         lines.append(f"not judged (calendar): {', '.join(summary.excluded_columns)}")
+    if summary.shadow_note:
+        lines.append(summary.shadow_note)
     lines.append(f"window {summary.window_label}: {summary.rows_current} rows")
     return f"{summary.model}: {decision.label}", lines, decision.fire
 

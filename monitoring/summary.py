@@ -35,6 +35,10 @@ class DriftSummary:
     estimated_quality: float | None = None
     estimated_se: float | None = None
     estimate_note: str = ""
+    # the shadow test of the model's @challenger this run (monitoring.shadow), if any
+    challenger_version: int | None = None
+    shadow_action: str = ""  # promote | reject | wait
+    shadow_note: str = ""
     column_scores: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -85,6 +89,7 @@ class DriftSummary:
                 ),
                 f"report: {self.report_path or 'none (not enough data)'}",
             ]
+            + ([self.shadow_note] if self.shadow_note else [])
         )
 
     @property

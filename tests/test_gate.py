@@ -72,6 +72,7 @@ def test_gate_promotes_more_data_and_rejects_a_reseeded_copy(flights_q1, model: 
     zero = spec.model_copy(update={"promotion": spec.promotion.model_copy(update={"margin": 0})})
     promoted, _, tags = registry.judge(zero, reseeded, large, X, y, baseline)
     assert not promoted and float(tags["gain"]) == 0.0
+    assert not registry.undecided(spec, tags, baseline)  # nothing left to learn from traffic
 
 
 def test_gate_rejects_seed_noise_of_a_subsampling_booster(flights_q1) -> None:
@@ -87,6 +88,8 @@ def test_gate_rejects_seed_noise_of_a_subsampling_booster(flights_q1) -> None:
     assert not promoted, reason
     assert float(tags["gain"]) > 0.0  # the copy did score better on these rows
     assert float(tags["gain_low"]) <= spec.promotion.margin < float(tags["gain_high"])
+    # undecided: with shadowing on, it goes on as @challenger for live traffic to decide
+    assert spec.promotion.shadow.enabled and registry.undecided(spec, tags, 0.5)
 
 
 def test_paired_accuracy_counts_only_discordant_rows() -> None:

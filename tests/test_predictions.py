@@ -86,6 +86,42 @@ def check_log(log: PredictionLog) -> None:
     assert now["logged_at"] >= served - timedelta(seconds=5)
 
 
+def old_log_gains_the_shadow_column(url: str) -> None:
+    """A log made before challengers (no ``shadow`` column) is upgraded in place: its rows
+    read as answered ones, and shadow rows are kept apart."""
+    engine = sa.create_engine(url)
+    old = sa.Table(
+        "predictions", sa.MetaData(),
+        *(c._copy() for c in predictions.PredictionRow.__table__.columns if c.name != "shadow"),
+    )  # fmt: skip
+    old.create(engine)
+    with engine.begin() as conn:
+        row = {k: v for k, v in flight_row(0).row().items() if k != "shadow"}
+        conn.execute(sa.insert(old), [row | {"request_id": "old"}])
+    engine.dispose()
+    log = PredictionLog(url)
+    try:
+        log.create()
+        log.create()  # idempotent
+        log.write([flight_row(1), flight_row(2, version="4", shadow=True)])
+        assert log.read("flight_delay")["request_id"].tolist() == ["old", flight_row(1).request_id]
+        mirrored = log.read("flight_delay", shadow=True)
+        assert mirrored["version"].tolist() == ["4"]
+        assert log.read("flight_delay", shadow=True, version="3").empty
+        assert log.count("flight_delay") == 2 and log.count("flight_delay", shadow=None) == 3
+    finally:
+        log.dispose()
+
+
+def test_an_old_sqlite_log_gains_the_shadow_column(tmp_path: Path) -> None:
+    old_log_gains_the_shadow_column(f"sqlite:///{tmp_path / 'predictions.db'}")
+
+
+@pytest.mark.postgres
+def test_an_old_postgresql_log_gains_the_shadow_column(postgres_url: str) -> None:
+    old_log_gains_the_shadow_column(postgres_url)
+
+
 def test_store_on_sqlite(tmp_path: Path) -> None:
     log = PredictionLog(f"sqlite:///{tmp_path / 'deep' / 'predictions.db'}")
     try:

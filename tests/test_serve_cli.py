@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import os
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -462,3 +465,151 @@ def test_serve_micro_end_to_end(trained: Settings) -> None:
 @pytest.mark.integration
 def test_serve_mono_end_to_end(trained: Settings) -> None:
     _serve_check_stop(trained, "mono", {"gateway"}, reload=True)
+
+
+def _shadow_setup(settings: Settings) -> tuple[int, int]:
+    """flight_delay's other trained version as its @challenger: (champion, challenger)."""
+    from fleet import registry
+
+    mlflow = registry.client(settings)
+    champion = registry.champion_info(settings, "flight_delay").version
+    versions = sorted(int(v.version) for v in mlflow.search_model_versions("name='flight_delay'"))
+    challenger = [v for v in versions if v != champion][-1]
+    mlflow.set_registered_model_alias("flight_delay", "challenger", str(challenger))
+    return champion, challenger
+
+
+def _logged(settings: Settings, shadow: bool, day: datetime) -> pd.DataFrame:
+    from fleet.predictions import PredictionLog
+
+    log = PredictionLog(settings.predictions_db_url)
+    try:
+        return log.read("flight_delay", day, day + timedelta(days=1), shadow=shadow)
+    finally:
+        log.dispose()
+
+
+def _until(check, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_a_challenger_shadows_without_touching_an_answer(trained: Settings) -> None:
+    """micro: the @challenger runs as its own service; every request is mirrored to it and
+    logged as a shadow row under the same id, the answers are the champion's. Killing the
+    challenger under load fails no request; the supervisor brings it back as a challenger;
+    `fleet reject` stops it."""
+    champion, challenger = _shadow_setup(trained)
+    day = datetime(2013, 6, 3, tzinfo=UTC)
+    flight = _request()["flight"]
+    result = invoke("serve", "--models", "flight_delay", "--timeout", "300")
+    try:
+        assert result.exit_code == 0, result.output
+        status = json.loads(invoke("status", "--json").output)
+        assert set(status) == {"flight_delay", "flight_delay.challenger", "gateway"}
+        assert status["flight_delay.challenger"]["version"] == str(challenger)
+        gateway = status["gateway"]["url"]
+        shadow_meta = httpx.get(status["flight_delay.challenger"]["url"] + "/metadata").json()
+        assert shadow_meta["role"] == "challenger"
+
+        answers: list[tuple[int, str, dict]] = []
+        killed = threading.Event()
+
+        def send(n: int) -> None:
+            body = {"request_id": f"shadow-{n}", "flight": flight, "models": ["flight_delay"],
+                    "event_time": (day + timedelta(seconds=n)).isoformat()}  # fmt: skip
+            with httpx.Client(timeout=30) as http:
+                answer = http.post(gateway + "/predict", json=body)
+            answers.append((answer.status_code, body["request_id"], answer.json()))
+            if n == 150:  # mid-load: the challenger dies
+                os.killpg(status["flight_delay.challenger"]["pid"], signal.SIGKILL)
+                killed.set()
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(send, range(400)))
+        assert killed.is_set()
+        bad = [a for a in answers if a[0] != 200 or a[2]["errors"]]
+        assert not bad, bad[:3]
+        assert {a[2]["results"]["flight_delay"]["version"] for a in answers} == {str(champion)}
+        served = _logged(trained, False, day)
+        assert len(served) == len(answers) and set(served["version"]) == {str(champion)}
+
+        def restarted() -> bool:
+            now = json.loads(invoke("status", "--json").output)["flight_delay.challenger"]
+            return now["healthy"] and now["pid"] != status["flight_delay.challenger"]["pid"]
+
+        _until(restarted, timeout=120)
+        after = json.loads(invoke("status", "--json").output)["flight_delay.challenger"]
+        last = {"request_id": "shadow-after", "flight": flight, "models": ["flight_delay"],
+                "event_time": (day + timedelta(hours=2)).isoformat()}  # fmt: skip
+        assert httpx.post(gateway + "/predict", json=last, timeout=30).status_code == 200
+        _until(lambda: "shadow-after" in set(_logged(trained, True, day)["request_id"]))
+        mirrored = _logged(trained, True, day)
+        # shadow rows: the challenger's version, ids of answered requests, each once
+        assert set(mirrored["version"]) == {str(challenger)}
+        assert mirrored["request_id"].is_unique
+        assert set(mirrored["request_id"]) <= {a[1] for a in answers} | {"shadow-after"}
+        assert len(mirrored) > 150
+        meta = topology.gateway_metadata(gateway)
+        counts = meta["challengers"]["flight_delay"]
+        assert counts["mirrored"] + counts.get("dropped", 0) == len(answers) + 1, counts
+
+        rejected = invoke("reject", "flight_delay")
+        assert rejected.exit_code == 0, rejected.output
+        assert f"@challenger version {challenger} rejected" in rejected.flat
+        assert f"flight_delay@challenger: flight_delay:v{challenger} stopped" in rejected.flat
+        assert topology.gateway_metadata(gateway)["challengers"] == {}
+        assert set(json.loads(invoke("status", "--json").output)) == {"flight_delay", "gateway"}
+        assert processes._group_members(after["pid"]) == []
+        again = invoke("reject", "flight_delay")
+        assert again.exit_code == 1 and "has no @challenger" in again.flat
+    finally:
+        stopped = invoke("stop")
+    assert stopped.exit_code == 0, stopped.output
+
+
+@pytest.mark.integration
+def test_mono_mirrors_in_process_and_promote_moves_the_champion(trained: Settings) -> None:
+    """mono: the gateway loads the @challenger beside the champion and logs its answers
+    as shadow rows; `fleet promote` makes it the champion the gateway answers with."""
+    champion, challenger = _shadow_setup(trained)
+    day = datetime(2013, 6, 4, tzinfo=UTC)
+    flight = _request()["flight"]
+    result = invoke("serve", "--topology", "mono", "--models", "flight_delay", "--timeout", "300")
+    try:
+        assert result.exit_code == 0, result.output
+        gateway = json.loads(invoke("status", "--json").output)["gateway"]["url"]
+        meta = topology.gateway_metadata(gateway)
+        assert meta["challengers"]["flight_delay"]["tag"] == f"flight_delay:v{challenger}"
+        for n in range(30):
+            body = {"request_id": f"mono-shadow-{n}", "flight": flight, "models": ["flight_delay"],
+                    "event_time": (day + timedelta(seconds=n)).isoformat()}  # fmt: skip
+            answer = httpx.post(gateway + "/predict", json=body, timeout=30).json()
+            assert answer["results"]["flight_delay"]["version"] == str(champion), answer
+        _until(lambda: len(_logged(trained, True, day)) == 30)
+        assert set(_logged(trained, True, day)["version"]) == {str(challenger)}
+        assert len(_logged(trained, False, day)) == 30
+
+        promoted = invoke("promote", "flight_delay")
+        assert promoted.exit_code == 0, promoted.output
+        assert f"moved from version {champion} to version {challenger}" in promoted.flat
+        assert f"flight_delay: flight_delay:v{champion} -> flight_delay:v{challenger}" in (
+            promoted.flat
+        )
+        assert f"flight_delay@challenger: flight_delay:v{challenger} stopped" in promoted.flat
+        meta = topology.gateway_metadata(gateway)
+        assert meta["challengers"] == {}
+        one = {"flight": flight, "models": ["flight_delay"]}
+        answer = httpx.post(gateway + "/predict", json=one, timeout=30).json()
+        assert answer["results"]["flight_delay"]["version"] == str(challenger)
+        from fleet import registry
+
+        assert registry.champion_history(trained, "flight_delay")[-1]["reason"] == (
+            "promoted by hand"
+        )
+    finally:
+        stopped = invoke("stop")
+    assert stopped.exit_code == 0, stopped.output

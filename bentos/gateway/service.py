@@ -18,6 +18,13 @@ headers), in mono by the gateway itself, before the answer is sent.
 
 A model that is down or slow becomes a per-model error in a 200 answer, within
 ``FLEET_MODEL_TIMEOUT_S`` (plus a small margin): never a 5xx, never a hang.
+
+Challengers: a routes key ``<model>@challenger`` (``fleet.routing.challenger_route``)
+names a model's ``@challenger``. Every request that needs the model is mirrored to it on
+a task of its own, started beside the champion's call and never awaited by the
+request: its answer is logged as a shadow row (by its service, or here in mono) and
+never returned; its failures and timeouts are only counted in ``/metadata``. At most
+``MAX_SHADOW_IN_FLIGHT`` mirrored calls run at once; beyond that a mirror is dropped.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +62,9 @@ MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV, TAGS_FILE_ENV = (
 )
 # a stored result is part of the answer, but a stuck database must not hang requests
 STORE_BUDGET_S = 5.0
+# mirrored calls to challengers in flight at once: a dead or slow challenger must not
+# pile up tasks (each waits for its timeout); beyond this, mirrors are dropped
+MAX_SHADOW_IN_FLIGHT = 64
 
 info_app = FastAPI(title="fleet gateway metadata")
 
@@ -71,7 +82,17 @@ def _json_env(name: str) -> dict[str, str]:
     value = json.loads(raw)
     if not isinstance(value, dict) or not value:
         raise RuntimeError(f"{name} must be a non-empty JSON object, got {raw!r}")
-    return {get_model(k).name: str(v) for k, v in value.items()}
+    return _routes(value)
+
+
+def _routes(value: dict[str, Any]) -> dict[str, str]:
+    """Routes keyed by catalog model, ``<model>@challenger`` for challengers (a KeyError
+    names an unknown model)."""
+    out = {}
+    for key, target in value.items():
+        model, challenger = routing.parse_route(key)
+        out[routing.challenger_route(model) if challenger else model] = str(target)
+    return out
 
 
 @bentoml.asgi_app(info_app, path="/")
@@ -82,6 +103,9 @@ class Service:
         self.mode = os.environ.get(MODE_ENV, "micro")
         self.client = None
         self.backends: dict[str, backends.ModelBackend] = {}
+        self.challengers: dict[str, backends.ModelBackend] = {}  # mirrored, never answered
+        self._shadow_tasks: set[asyncio.Task] = set()
+        self._shadow_counts: dict[str, Counter[str]] = {}
         self.backends_file: Path | None = None
         self._backends_stamp: tuple[int, int] | None = None
         self.tags_file: Path | None = None
@@ -94,15 +118,15 @@ class Service:
             # the models are here, so their predictions are logged here
             self.log = predictions.PredictionLog(self.settings.predictions_db_url).create()
             self.recorder = predictions.PredictionRecorder(self.log)
-            for name, tag in _json_env(TAGS_ENV).items():
-                self._load(name, tag)
+            for key, tag in _json_env(TAGS_ENV).items():
+                self._load(key, tag)
             if os.environ.get(TAGS_FILE_ENV):
                 self.tags_file = Path(os.environ[TAGS_FILE_ENV])
                 self._refresh_tags(wait=True)
         elif self.mode == "micro":
             self.client = backends.make_http_client(self.settings.model_timeout_s)
-            for name, url in _json_env(BACKENDS_ENV).items():
-                self._set_url(name, url)
+            for key, url in _json_env(BACKENDS_ENV).items():
+                self._set_url(key, url)
             if os.environ.get(BACKENDS_FILE_ENV):
                 self.backends_file = Path(os.environ[BACKENDS_FILE_ENV])
                 self._refresh_backends()
@@ -145,6 +169,9 @@ class Service:
                 continue
             record = routing.model_record(get_model(name), inputs[kind])
             calls.append(backends.call(backend, record, budget, meta))
+            challenger = self.challengers.get(name)
+            if challenger is not None:
+                self._mirror(challenger, record, budget, meta)
         outcomes = await asyncio.gather(*calls)
         result = routing.combine(
             inputs, outcomes, received, (time.perf_counter() - start) * 1000, meta.request_id
@@ -169,6 +196,10 @@ class Service:
             "service": "gateway",
             "mode": self.mode,
             "backends": {name: b.describe() for name, b in self.backends.items()},
+            "challengers": {
+                name: {**b.describe(), **self._shadow_counts.get(name, {})}
+                for name, b in self.challengers.items()
+            },
             "results_db": self.store.display_url,
             # micro: each model service logs (its /metadata names where)
             "predictions_db": self.log.display_url if self.log is not None else None,
@@ -176,10 +207,41 @@ class Service:
             "requests_served": self.served,
         }
 
-    def _set_url(self, name: str, url: str) -> None:
-        current = self.backends.get(name)
+    def _mirror(
+        self,
+        challenger: backends.ModelBackend,
+        record: dict[str, Any],
+        budget: float,
+        meta: routing.RequestMeta,
+    ) -> None:
+        """The challenger's call for this request, on its own task: never awaited here."""
+        counts = self._shadow_counts.setdefault(challenger.name, Counter())
+        if len(self._shadow_tasks) >= MAX_SHADOW_IN_FLIGHT:
+            counts["dropped"] += 1
+            return
+        task = asyncio.get_running_loop().create_task(
+            backends.call(challenger, record, budget, meta)
+        )
+        counts["mirrored"] += 1
+        self._shadow_tasks.add(task)  # a reference: the loop keeps only weak ones
+
+        def done(finished: asyncio.Task) -> None:
+            self._shadow_tasks.discard(finished)
+            failed = finished.cancelled() or isinstance(finished.result(), routing.ModelFailure)
+            counts["failed" if failed else "answered"] += 1
+
+        task.add_done_callback(done)
+
+    def _table(self, key: str) -> tuple[dict[str, backends.ModelBackend], str]:
+        """The backend table a routes key belongs in, and the model it names."""
+        model, challenger = routing.parse_route(key)
+        return (self.challengers if challenger else self.backends), model
+
+    def _set_url(self, key: str, url: str) -> None:
+        table, name = self._table(key)
+        current = table.get(name)
         if getattr(current, "url", None) != url.rstrip("/"):
-            self.backends[name] = backends.HttpBackend(
+            table[name] = backends.HttpBackend(
                 get_model(name), url, self.client, self.settings.model_timeout_s,
                 token=self.settings.token,
             )  # fmt: skip
@@ -197,19 +259,30 @@ class Service:
         except (OSError, ValueError) as exc:  # keep serving on the URLs we have
             logger.warning("backends file %s unreadable: %s", self.backends_file, exc)
             return
-        for name, url in urls.items():
-            self._set_url(get_model(name).name, str(url))
+        try:
+            routes = _routes(urls)
+        except (KeyError, AttributeError) as exc:
+            logger.warning("backends file %s names an unknown model: %s", self.backends_file, exc)
+            return
+        for key, url in routes.items():
+            self._set_url(key, url)
+        for name in [n for n in self.challengers if routing.challenger_route(n) not in routes]:
+            del self.challengers[name]  # mirrors stop; calls in flight finish on their own
         self._backends_stamp = stamp
-        logger.info("backends now %s", {n: b.describe() for n, b in self.backends.items()})
+        logger.info("backends now %s; challengers %s",
+                    {n: b.describe() for n, b in self.backends.items()},
+                    {n: b.describe() for n, b in self.challengers.items()})  # fmt: skip
 
-    def _load(self, name: str, tag: str) -> None:
+    def _load(self, key: str, tag: str) -> None:
         from fleet.bento_store import load_model
 
+        table, name = self._table(key)
         loaded = load_model(tag)
         # one dict assignment: a request sees the old backend or the new, never neither
-        self.backends[name] = backends.InProcessBackend(
-            get_model(name), loaded.model, loaded.version, loaded.tag, self.recorder
-        )
+        table[name] = backends.InProcessBackend(
+            get_model(name), loaded.model, loaded.version, loaded.tag, self.recorder,
+            shadow=table is self.challengers,
+        )  # fmt: skip
 
     def _refresh_tags(self, wait: bool = False) -> None:
         """mono: load the models whose tag changed in the tags file, off the request path.
@@ -237,29 +310,31 @@ class Service:
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp == self._tags_stamp:
                 return
-            wanted = {
-                get_model(k).name: str(v) for k, v in json.loads(self.tags_file.read_text()).items()
-            }
-        except (OSError, ValueError, KeyError) as exc:  # keep serving what is loaded
+            wanted = _routes(json.loads(self.tags_file.read_text()))
+        except (OSError, ValueError, KeyError, AttributeError) as exc:  # keep what is loaded
             logger.warning("tags file %s unreadable: %s", self.tags_file, exc)
             return
         self._tags_stamp = stamp
-        changed = {
-            name: tag
-            for name, tag in wanted.items()
-            if getattr(self.backends.get(name), "tag", None) != tag
-        }
+        for name in [n for n in self.challengers if routing.challenger_route(n) not in wanted]:
+            del self.challengers[name]
+            logger.info("%s: challenger dropped", name)
+        changed = {}
+        for key, tag in wanted.items():
+            table, name = self._table(key)
+            if getattr(table.get(name), "tag", None) != tag:
+                changed[key] = tag
         if not changed:
             return
 
         def load() -> None:
-            for name, tag in changed.items():
+            for key, tag in changed.items():
+                table, name = self._table(key)
                 try:
-                    self._load(name, tag)
-                    logger.info("%s now serves %s", name, tag)
+                    self._load(key, tag)
+                    logger.info("%s now serves %s", key, tag)
                 except Exception as exc:
-                    logger.error("cannot load %s for %s, keeping %s: %s", tag, name,
-                                 getattr(self.backends.get(name), "tag", None), exc)  # fmt: skip
+                    logger.error("cannot load %s for %s, keeping %s: %s", tag, key,
+                                 getattr(table.get(name), "tag", None), exc)  # fmt: skip
 
         self._loading = threading.Thread(target=load, name="model-loader", daemon=True)
         self._loading.start()
@@ -297,6 +372,8 @@ class Service:
         return found
 
     async def close(self) -> None:
+        for task in list(self._shadow_tasks):  # mirrors are never worth a slow shutdown
+            task.cancel()
         await self.writer.aclose()
         if self.client is not None:
             await self.client.aclose()
