@@ -11,7 +11,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup browser run test lint format clean
+.PHONY: setup tools run test lint format clean
 
 setup: .venv/.synced
 
@@ -30,15 +30,18 @@ run: setup
 	$(BIN)/fleet replay --quick
 	$(BIN)/fleet models
 
-# Headless Chromium (Debian's package) opens the reports with the network off in a test;
-# without root or apt-get that test skips and says why (CI requires it).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's packages the tests use: headless Chromium opens the reports with the network
+# off (without root or apt-get that test skips and says why; CI requires it), and wrk is
+# the serving benchmark's second load generator (without it the bench says so).
+TOOLS := chromium wrk
+tools:
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "chromium: not installed (needs root and apt-get); the browser test will skip"; fi; }
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "not installed:$$missing (needs root and apt-get); their tests skip or say so"; fi; fi
 
-test: setup browser
+test: setup tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest

@@ -1,15 +1,26 @@
-"""`fleet bench serve`: single-record serving throughput and latency, four ways, one run.
+"""`fleet bench serve`: single-record serving throughput and latency, every way, one run.
 
 For one model's @champion (default ``flight_delay``):
 
-- **in-process** (the limit): ``serving.to_frame`` + ``serving.predict`` on the loaded
-  model, one record at a time in a loop, one thread; no HTTP, no validation;
+- **in-process** (the limit), one record at a time in a loop, one thread, no HTTP, no
+  validation, by each single-record path of ``fleet.fastpath`` on the loaded model:
+  ``pipeline`` (``serving.to_frame`` + ``serving.predict``), ``numpy`` (the record
+  encoded without a frame, the same fitted booster) and ``treelite`` (its trees in
+  Treelite's GTIL), where the model has them; the services use the fastest that answers
+  as the pipeline does;
 - **model service**: ``bentoml serve`` of the model's service with the pinned Bento
   tag and the spec's workers, exactly as ``fleet serve`` starts it (``fleet.topology``);
 - **gateway**: the micro-topology gateway in front of that service, asked for this
   model only (``{"flight": record, "models": [model]}``);
+- **fastapi peer**: a plain FastAPI + uvicorn app around the same Bento model, request
+  model and single-record path, with the same workers, no prediction log
+  (``bench/peer_app.py``): what BentoML and the fleet's logging cost;
 - **mlflow serve** (the peer): ``mlflow models serve -m models:/<model>/<version>
   --env-manager local`` with the same worker count and thread setting.
+
+Every HTTP target is loaded twice: by our client, and by ``wrk`` (``bench/wrk.py``,
+Debian's package, C threads, for a fixed time per level) when it is installed, so that
+the figures do not rest on a Python client alone.
 
 HTTP load comes from a separate ``python -m bench.load`` process per target (closed
 loop, concurrency 1, 8, 32, a fixed request count each after a warm-up), so the load
@@ -42,6 +53,7 @@ from typing import Any
 
 import httpx
 
+from bench import wrk
 from bench.load import LevelResult, LoadSpec, percentile, run_load_process
 from fleet.catalog import ModelSpec, get_model
 from fleet.settings import REPO_ROOT, Settings
@@ -52,12 +64,22 @@ LEVELS = (1, 8, 32)
 BOOTSTRAP_UNTIL = date(2013, 3, 4)
 RECORDS = 2000  # distinct real records cycled through by every target
 
-TARGET_RATIO_VS_MLFLOW = 1.5  # model service req/s over mlflow serve's, at concurrency 8
+TARGET_RATIO_VS_MLFLOW = 2.0  # model service req/s over mlflow serve's, at concurrency 8
 TARGET_P99_MS = 25.0  # model service p99 at concurrency 8
 TARGET_RATIO_LEVEL = 8
 ZERO_ERRORS_LEVEL = 32  # model service and gateway
+TARGET_IN_PROCESS_P50_MS = 1.0  # the served path, one record
+TARGET_SERVICE_P50_MS = 4.0  # at concurrency 1
+TARGET_GATEWAY_P50_MS = 7.0  # at concurrency 1
 
-IN_PROCESS, SERVICE, GATEWAY, MLFLOW = "in-process", "model service", "gateway", "mlflow serve"
+SERVICE, GATEWAY, FASTAPI, MLFLOW = "model service", "gateway", "fastapi peer", "mlflow serve"
+WRK_SECONDS = 10.0  # per target and level at most (as long as our client's level took)
+
+
+def in_process(path: str) -> str:
+    """The target name of one in-process path (``in-process (treelite)``)."""
+    return f"in-process ({path})"
+
 
 Say = Callable[[str], None]
 
@@ -84,7 +106,11 @@ class ServeBench:
     warmup: int
     records: int  # distinct request records
     levels: list[int]
+    served_path: str = ""  # the single-record path the services use (fleet.fastpath)
     targets: list[TargetResult] = field(default_factory=list)
+    wrk: list[TargetResult] = field(default_factory=list)  # the HTTP targets under wrk
+    wrk_version: str = ""
+    wrk_seconds: float = 0.0  # per target and level
     machine: dict[str, str] = field(default_factory=dict)
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -94,21 +120,25 @@ class ServeBench:
 
     def checks(self) -> list[dict[str, Any]]:
         """The issue's targets: measured value, limit, met or not (None: not measured)."""
-        service, gateway, peer = self.target(SERVICE), self.target(GATEWAY), self.target(MLFLOW)
+        service, gateway = self.target(SERVICE), self.target(GATEWAY)
+        served = self.target(in_process(self.served_path)) if self.served_path else None
         at = TARGET_RATIO_LEVEL
         ours = service.at(at) if service else None
-        theirs = peer.at(at) if peer else None
-        ratio = (
-            ours.req_per_s / theirs.req_per_s if ours and theirs and theirs.req_per_s > 0 else None
-        )
-        out: list[dict[str, Any]] = [
-            {
-                "target": f"model service req/s >= {TARGET_RATIO_VS_MLFLOW}x mlflow serve "
-                f"at concurrency {at}",
-                "value": None if ratio is None else round(ratio, 2),
-                "limit": TARGET_RATIO_VS_MLFLOW,
-                "met": None if ratio is None else ratio >= TARGET_RATIO_VS_MLFLOW,
-            },
+        out: list[dict[str, Any]] = []
+        for under_wrk in (False, True):
+            ratio = self.ratios_vs_mlflow(under_wrk).get(SERVICE, {}).get(at)
+            if under_wrk and not self.wrk:
+                continue
+            out.append(
+                {
+                    "target": f"model service req/s >= {TARGET_RATIO_VS_MLFLOW}x mlflow serve "
+                    f"at concurrency {at}" + (" (wrk)" if under_wrk else " (httpx client)"),
+                    "value": ratio,
+                    "limit": TARGET_RATIO_VS_MLFLOW,
+                    "met": None if ratio is None else ratio >= TARGET_RATIO_VS_MLFLOW,
+                }
+            )
+        out += [
             {
                 "target": f"model service p99 <= {TARGET_P99_MS:.0f} ms at concurrency {at}",
                 "value": None if ours is None else ours.p99_ms,
@@ -116,6 +146,21 @@ class ServeBench:
                 "met": None if ours is None else ours.p99_ms <= TARGET_P99_MS,
             },
         ]
+        for target, limit in (
+            (served, TARGET_IN_PROCESS_P50_MS),
+            (service, TARGET_SERVICE_P50_MS),
+            (gateway, TARGET_GATEWAY_P50_MS),
+        ):
+            one = target.at(1) if target else None
+            out.append(
+                {
+                    "target": f"{target.name if target else '?'}: p50 <= {limit:g} ms at "
+                    "concurrency 1",
+                    "value": None if one is None else one.p50_ms,
+                    "limit": limit,
+                    "met": None if one is None else one.p50_ms <= limit,
+                }
+            )
         for target in (service, gateway):
             level = target.at(ZERO_ERRORS_LEVEL) if target else None
             name = target.name if target else "?"
@@ -129,13 +174,15 @@ class ServeBench:
             )
         return out
 
-    def ratios_vs_mlflow(self) -> dict[str, dict[int, float]]:
-        """req/s of each target over mlflow serve's, per concurrency level."""
-        peer = self.target(MLFLOW)
+    def ratios_vs_mlflow(self, wrk: bool = False) -> dict[str, dict[int, float]]:
+        """req/s of each target over mlflow serve's, per concurrency level (``wrk``: both
+        under wrk)."""
+        targets = self.wrk if wrk else self.targets
+        peer = next((t for t in targets if t.name == MLFLOW), None)
         out: dict[str, dict[int, float]] = {}
         if peer is None:
             return out
-        for target in self.targets:
+        for target in targets:
             for level in target.levels:
                 base = peer.at(level.concurrency)
                 if base and base.req_per_s > 0:
@@ -150,16 +197,17 @@ class ServeBench:
         data.pop("markdown_path")
         data["checks"] = self.checks()
         data["ratios_vs_mlflow"] = self.ratios_vs_mlflow()
+        data["wrk_ratios_vs_mlflow"] = self.ratios_vs_mlflow(wrk=True)
         return data
 
-    def table(self) -> list[str]:
-        ratios = self.ratios_vs_mlflow()
+    def table(self, wrk: bool = False) -> list[str]:
+        ratios = self.ratios_vs_mlflow(wrk)
         lines = [
             "| target | concurrency | requests | ok | errors | req/s | vs mlflow | "
             "p50 ms | p95 ms | p99 ms | max ms |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for target in self.targets:
+        for target in self.wrk if wrk else self.targets:
             for lv in target.levels:
                 ratio = ratios.get(target.name, {}).get(lv.concurrency)
                 lines.append(
@@ -180,11 +228,16 @@ class ServeBench:
             f"{self.warmup} warm-up requests; {self.records} distinct real records from the "
             f"lake, cycled. Model service and mlflow serve run {self.workers} worker(s) each, "
             "one OpenMP thread per worker. HTTP load from a separate closed-loop process "
-            "(httpx); in-process is one thread calling to_frame + predict (the limit, "
-            "measured at concurrency 1 only). An answer counts as ok only if it carries a "
-            "prediction.",
+            "(httpx); in-process is one thread answering one record at a time by each path of "
+            f"fleet.fastpath (the limit, concurrency 1 only); the services use "
+            f"`{self.served_path}`. An answer counts as ok only if it carries a prediction.",
             "",
             *self.table(),
+            "",
+            f"The same HTTP targets under wrk ({self.wrk_version}; {self.wrk_seconds:g} s per "
+            "level; ok means an HTTP status below 400):",
+            "",
+            *(self.table(wrk=True) if self.wrk else ["wrk was not run (not installed)."]),
             "",
             "| target | measured | limit | result |",
             "| --- | ---: | ---: | --- |",
@@ -283,17 +336,17 @@ def request_records(
     return records
 
 
-# --- the four targets ---
+# --- the targets ---
 
 
 def time_in_process(
-    spec: ModelSpec, model: Any, records: list[dict[str, Any]], requests: int, warmup: int
+    predictor: Any, records: list[dict[str, Any]], requests: int, warmup: int
 ) -> LevelResult:
-    """to_frame + predict of one record at a time, one thread: the serving limit."""
-    from fleet import serving, training
+    """One record at a time through ``predictor`` (``fleet.fastpath``), one thread."""
+    from fleet import training
 
     def one(record: dict[str, Any]) -> None:
-        (answer,) = serving.predict(spec, model, serving.to_frame(spec, [record]))
+        (answer,) = predictor.predict_records([record])
         if not answer:
             raise RuntimeError(f"empty prediction for {record}")
 
@@ -362,7 +415,8 @@ def _wait_ping(running: Any, timeout: float) -> None:
 def serving_processes(
     scratch: Settings, model: str, version: str, tag: str, workers: int, timeout: float = 180.0
 ) -> Iterator[dict[str, str]]:
-    """Model service + gateway (``fleet serve``'s micro plan) and mlflow serve; base URLs.
+    """Model service + gateway (``fleet serve``'s micro plan), the FastAPI peer and
+    mlflow serve; base URLs.
 
     Every process is stopped on exit, also on errors, Ctrl-C and SIGTERM.
     """
@@ -403,6 +457,25 @@ def serving_processes(
         },
         cwd=scratch.root,
     )
+    plain_port = processes.free_port(host)
+    plain = processes.Launch(
+        name="fastapi-peer",
+        command=[
+            str(Path(sys.executable).with_name("uvicorn")),
+            "bench.peer_app:app",
+            "--host",
+            host,
+            "--port",
+            str(plain_port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+        ],
+        host=host,
+        port=plain_port,
+        env={**topology.service_env(scratch), **topology.model_env(model, tag)},
+        cwd=REPO_ROOT,
+    )
     # SIGTERM (a CI runner, `kill`) unwinds like Ctrl-C; handlers are main-thread only
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
@@ -410,11 +483,15 @@ def serving_processes(
         # mlflow serve loads while the model service and then the gateway start
         mlflow_serve = processes.start(scratch, peer)
         started.append(mlflow_serve)
+        fastapi_peer = processes.start(scratch, plain)
+        started.append(fastapi_peer)
         plan = topology.plan(ports, "micro", [model], {model: tag})
         started += topology.start_plan(ports, plan, timeout=timeout, supervise=False)
         _wait_ping(mlflow_serve, timeout)
+        processes.wait_healthy(fastapi_peer, timeout)
         urls = {r.name: r.url for r in started}
-        yield {SERVICE: urls[model], GATEWAY: urls[topology.GATEWAY], MLFLOW: mlflow_serve.url}
+        yield {SERVICE: urls[model], GATEWAY: urls[topology.GATEWAY],
+               FASTAPI: fastapi_peer.url, MLFLOW: mlflow_serve.url}  # fmt: skip
     finally:
         for running in reversed(started):
             processes.stop(scratch, running, grace=10)
@@ -437,6 +514,11 @@ def http_targets(spec: ModelSpec, urls: dict[str, str]) -> dict[str, tuple[str, 
             lambda r: {record_kind: r, "models": [spec.name]},
             [f"results.{spec.name}.prediction.{answer}"],
         ),
+        FASTAPI: (
+            f"{urls[FASTAPI]}/predict",
+            lambda r: {"record": r},
+            [f"prediction.{answer}"],
+        ),
         MLFLOW: (
             f"{urls[MLFLOW]}/invocations",
             lambda r: {"dataframe_records": [r]},
@@ -456,8 +538,9 @@ def run_serve_bench(
     say: Say = print,
     start_timeout_s: float = 300.0,
 ) -> ServeBench:
-    """Run the four targets and write ``serve.json`` + ``serve.md`` to ``out_dir``."""
+    """Run every target and write ``serve.json`` + ``serve.md`` to ``out_dir``."""
     from fleet import bento_store as store
+    from fleet import fastpath
 
     spec = get_model(model)
     info = ensure_champion(settings, model, say)
@@ -491,9 +574,16 @@ def run_serve_bench(
     workers = spec.serving.workers
     with serving_processes(scratch, model, version, tag, workers, start_timeout_s) as urls:
         # measured while the servers idle, so that they do not disturb it
-        say(f"{IN_PROCESS}: {requests} single-record predicts")
-        limit = time_in_process(spec, loaded.model, records, requests, warmup)
-        bench.targets.append(TargetResult(IN_PROCESS, None, [limit]))
+        served = fastpath.for_setting(spec, loaded.model, scratch.predict_path, loaded.example)
+        bench.served_path = served.path
+        for path in fastpath.PATHS:
+            try:
+                predictor = fastpath.build(spec, loaded.model, path)
+            except ValueError:  # not this kind of model
+                continue
+            say(f"{in_process(path)}: {requests} single-record predicts")
+            limit = time_in_process(predictor, records, requests, warmup)
+            bench.targets.append(TargetResult(in_process(path), None, [limit]))
         for name, (url, body, require) in http_targets(spec, urls).items():
             say(f"{name}: {url}, concurrency {', '.join(map(str, levels))}")
             load = LoadSpec(
@@ -507,6 +597,18 @@ def run_serve_bench(
                 headers=settings.auth_headers(),
             )
             bench.targets.append(TargetResult(name, url, run_load_process(load)))
+        bench.wrk_version = wrk.version()
+        if wrk.executable() is not None:
+            # as long as our client's level took, at least a second, at most WRK_SECONDS
+            seconds = bench.wrk_seconds = max(1.0, min(WRK_SECONDS, requests / 200))
+            for name, (url, body, _) in http_targets(spec, urls).items():
+                say(f"{name} under wrk: {seconds:g} s per level")
+                bodies = [body(r) for r in records]
+                headers = settings.auth_headers()
+                levels_run = [wrk.run_wrk(url, bodies, c, seconds, headers) for c in levels]
+                bench.wrk.append(TargetResult(name, url, levels_run))
+        else:
+            say("wrk is not installed (Debian: apt-get install wrk); our client only")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     bench.json_path = out_dir / "serve.json"

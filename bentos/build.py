@@ -42,6 +42,7 @@ SERVICE_PACKAGES = (
     "pandas",
     "numpy",
     "scipy",
+    "treelite",
     "cloudpickle",
     "pydantic",
     "pydantic-settings",

@@ -26,7 +26,7 @@ from fastapi.responses import RedirectResponse
 from pydantic import ConfigDict, Field, create_model
 
 from fleet import bento_store as store
-from fleet import predictions, serving, training
+from fleet import fastpath, predictions, serving, training
 from fleet.catalog import get_model
 from fleet.guard import Guard
 from fleet.settings import Settings
@@ -199,7 +199,7 @@ def make_service(model_name: str) -> Any:
     def _logged(
         version: str,
         request_id: str,
-        record: Any,
+        record: dict[str, Any],
         answer: dict[str, Any],
         event_time: datetime | None,
     ) -> predictions.LoggedPrediction:
@@ -207,7 +207,7 @@ def make_service(model_name: str) -> Any:
             model=spec.name,
             version=version,
             request_id=request_id,
-            features=_record_dict(record),
+            features=record,
             prediction=answer,
             event_time=event_time,
             shadow=shadow,
@@ -225,6 +225,10 @@ def make_service(model_name: str) -> Any:
             # single rows are fastest on one thread; training.limit_threads explains why
             self._threads = training.limit_threads(1)
             self.loaded = store.load_model(tag)
+            # the fastest path that answers as the pipeline does on the model's own example
+            self.predictor = fastpath.for_setting(
+                spec, self.loaded.model, settings.predict_path, self.loaded.example
+            )
             self.counters = _counters()
             self.served = ServedCounter(served_dir(settings, spec.name))
             self.log = predictions.PredictionLog(settings.predictions_db_url).create()
@@ -242,14 +246,15 @@ def make_service(model_name: str) -> Any:
                 )
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
-            answers = serving.predict(spec, self.loaded.model, serving.to_frame(spec, records))
+            plain = [_record_dict(record) for record in records]  # once: predict and log
+            answers = self.predictor.predict_records(plain)
             version = self.loaded.version
             ids = [request_id] if endpoint == "predict" else (
                 predictions.batch_request_ids(request_id, len(records))
             )  # fmt: skip
             rows = [
                 _logged(version, rid, record, answer, event_time)
-                for rid, record, answer in zip(ids, records, answers, strict=True)
+                for rid, record, answer in zip(ids, plain, answers, strict=True)
             ]
             try:
                 self.recorder.record(rows)
@@ -300,6 +305,7 @@ def make_service(model_name: str) -> Any:
                 "window": self.loaded.window,
                 "bento_model_tag": self.loaded.tag,
                 "role": "challenger" if shadow else "champion",
+                "predict_path": self.predictor.path,
                 "features": list(spec.features),
                 "requests_served": self.served.total(),
                 "predictions_db": self.log.display_url,

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from fleet import predictions, serving
+from fleet import fastpath, predictions
 from fleet.catalog import ModelSpec
 from fleet.routing import ModelAnswer, ModelFailure, RequestMeta
 
@@ -177,8 +177,10 @@ class InProcessBackend:
         tag: str = "",
         recorder: predictions.PredictionRecorder | None = None,
         shadow: bool = False,
+        predictor: fastpath.Predictor | None = None,
     ) -> None:
         self.spec = spec
+        self.predictor = predictor or fastpath.PipelinePredictor(spec, model)
         self.shadow = shadow  # a challenger: its rows are logged as shadow rows
         self.name = spec.name
         self.model = model
@@ -187,10 +189,8 @@ class InProcessBackend:
         self.recorder = recorder
 
     def predict_sync(self, record: Mapping[str, Any]) -> ModelAnswer:
-        frame = serving.to_frame(self.spec, [record])
-        return ModelAnswer(
-            self.name, self.version, serving.predict(self.spec, self.model, frame)[0]
-        )
+        (answer,) = self.predictor.predict_records([record])
+        return ModelAnswer(self.name, self.version, answer)
 
     async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer:
         try:
@@ -216,7 +216,8 @@ class InProcessBackend:
         return answer
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "tag": self.tag, "version": self.version}
+        return {"kind": self.kind, "tag": self.tag, "version": self.version,
+                "predict_path": self.predictor.path}  # fmt: skip
 
     async def aclose(self) -> None:
         return None

@@ -127,6 +127,7 @@ class LoadedModel:
     run_id: str
     window: str
     model: Any  # the scikit-learn pipeline
+    example: Any = None  # its logged input example (a frame of feature rows), if any
 
 
 def _missing(tag: str) -> StoreError:
@@ -164,6 +165,7 @@ def load_model(tag: str) -> LoadedModel:
     # the sklearn flavour, not pyfunc: predict_proba is needed for probabilities
     model = mlflow.sklearn.load_model(stored.path_of("mlflow_model"))
     return LoadedModel(
+        example=_input_example(stored.path_of("mlflow_model")),
         tag=str(stored.tag),
         model_name=labels.get("mlflow_model", stored.tag.name),
         version=labels.get("version", str(stored.tag.version).removeprefix("v")),
@@ -171,6 +173,16 @@ def load_model(tag: str) -> LoadedModel:
         window=labels.get("window", ""),
         model=model,
     )
+
+
+def _input_example(path: str) -> Any:
+    """The MLflow model's input example (feature rows), None when it has none."""
+    from mlflow.models import Model
+
+    try:
+        return Model.load(path).load_input_example(path)
+    except Exception:  # an example is a check, never a reason not to serve
+        return None
 
 
 def service_env(settings: Settings, tag: str) -> dict[str, str]:

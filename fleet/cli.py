@@ -705,10 +705,30 @@ def serve(
             "--reload", help="running fleet: move each model to its current @champion, no downtime"
         ),
     ] = False,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            help="a plan FILE (YAML: model -> dedicated/shared, workers), `auto` (from the "
+            "prediction log's traffic), `micro` or `mono`; on a running fleet: move to it live"
+        ),
+    ] = None,
+    window: Annotated[
+        float, typer.Option(help="--placement auto: minutes of logged traffic to plan for")
+    ] = 60.0,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="--placement auto: per-call costs (default: bench/results/topology.json)"
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the placement plan and its reasons only")
+    ] = False,
 ) -> None:
     """Start the fleet's services (champion versions) and wait until they are healthy.
 
-    With --reload, the running fleet moves to the current champions instead.
+    With --reload, the running fleet moves to the current champions instead; with
+    --placement on a running fleet, to that placement plan (no downtime).
     """
     settings = _setup()
     updates = {"gateway_port": gateway_port, "model_port_base": model_port_base}
@@ -726,15 +746,14 @@ def serve(
         names = topo.resolve_models(models.split(",") if models else None)
     except KeyError as exc:
         _fail(str(exc.args[0]), code=USAGE)
+    if placement is not None:
+        _place(settings, placement, models.split(",") if models else None, window, calibration,
+               dry_run, timeout)  # fmt: skip
+        return
+    if dry_run:
+        _fail("--dry-run prints a placement plan: give --placement FILE|auto", USAGE)
     if not models and not topo.running(settings):  # the whole fleet: serve what has a champion
-        from fleet.registry import champion_info
-
-        untrained = [n for n in names if champion_info(settings, n) is None]
-        for name in untrained:
-            console.print(f"{name}: no @champion yet, not served (train it: `fleet train {name}`)")
-        names = [n for n in names if n not in untrained]
-        if not names:
-            _fail("no model has a @champion yet; train them with `fleet train --all`")
+        names = _trained(settings, names)
     console.print(f"starting {topology}: {', '.join(names)} ...")
     try:
         _, started = topo.start_fleet(settings, topology, names, timeout=timeout)
@@ -744,6 +763,85 @@ def serve(
         console.print(f"the fleet is already running ({topology}); nothing started")
     _print_components(settings)
     console.print("stop with `fleet stop`")
+
+
+def _trained(settings: Settings, names: list[str]) -> list[str]:
+    """The models of ``names`` that have a @champion (the others are named and left out)."""
+    from fleet.registry import champion_info
+
+    untrained = [n for n in names if champion_info(settings, n) is None]
+    for name in untrained:
+        console.print(f"{name}: no @champion yet, not served (train it: `fleet train {name}`)")
+    names = [n for n in names if n not in untrained]
+    if not names:
+        _fail("no model has a @champion yet; train them with `fleet train --all`")
+    return names
+
+
+def _place(
+    settings: Settings,
+    choice: str,
+    names: list[str] | None,
+    window: float,
+    calibration: Path | None,
+    dry_run: bool,
+    timeout: float,
+) -> None:
+    """--placement: resolve the plan, print it, then start the fleet by it or move the
+    running fleet to it."""
+    from datetime import timedelta
+
+    from fleet import placement, processes
+    from fleet import topology as topo
+
+    up = bool(topo.running(settings))
+    if up and names is None:
+        names = topo.served_models(settings)
+    elif names is None and choice in ("auto", *topo.TOPOLOGIES):
+        names = _trained(settings, topo.resolve_models(None))
+    try:
+        plan = placement.resolve(settings, choice, names, timedelta(minutes=window), calibration)
+    except placement.PlacementError as exc:
+        _fail(str(exc), USAGE)
+    for line in plan.lines():
+        console.print(line, soft_wrap=True)
+    if dry_run:
+        return
+    try:
+        if up:
+            steps = topo.move(settings, plan, timeout=timeout)
+            for step in steps or ["the fleet already serves this placement; nothing moved"]:
+                console.print(step)
+        else:
+            console.print(f"starting {plan.topology}: {', '.join(plan.models)} ...")
+            topo.start_fleet(settings, plan, list(plan.models), timeout=timeout)
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    console.print(f"placement written to {placement.state_file(settings)}", soft_wrap=True)
+    _print_components(settings)
+
+
+@app.command()
+def scale(
+    model: Annotated[str, typer.Argument(help="a dedicated model of the running fleet")],
+    workers: Annotated[int, typer.Argument(help="its service's workers from now on", min=1)],
+    timeout: Annotated[float, typer.Option(help="seconds the new service may take")] = 180.0,
+) -> None:
+    """Change a dedicated model's workers live: a new service with N workers takes over
+    before the old one stops, so no request fails."""
+    settings = _setup()
+    from fleet import processes
+    from fleet import topology as topo
+
+    try:
+        topo.resolve_models([model])
+    except KeyError as exc:
+        _fail(str(exc.args[0]), code=USAGE)
+    try:
+        console.print(topo.scale(settings, model, workers, timeout=timeout))
+    except processes.ProcessError as exc:
+        _fail(str(exc))
+    _print_components(settings)
 
 
 def _reload(settings: Settings, timeout: float) -> None:

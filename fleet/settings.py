@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,11 @@ class Settings(BaseSettings):
     # 16 clients held requests for 2-4 s; the gateway must answer within it, not drop them
     model_timeout_s: float = Field(default=5.0, gt=0, description="gateway -> model timeout")
     max_batch_records: int = Field(default=1000, ge=1, description="largest batch request")
+    predict_path: Literal["auto", "pipeline", "numpy", "treelite"] = Field(
+        default="auto",
+        description="how a served model answers (fleet.fastpath): auto takes the fastest "
+        "path whose answers equal the pipeline's",
+    )
     # the local stack (`fleet up`): every server binds serve_host
     prefect_port: int = Field(default=4200, description="local Prefect server (API + UI)")
     mlflow_port: int = Field(default=5000, description="local MLflow server (UI + API)")

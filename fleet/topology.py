@@ -1,15 +1,18 @@
-"""What ``fleet serve`` starts for each topology, as plain data.
+"""What ``fleet serve`` starts for a placement plan, as plain data, and how a running
+fleet moves from one plan to another.
 
-- ``micro``: one ``bentoml serve`` process per model (catalog order, ports from
-  ``model_port_base``, workers from the model's spec) plus the gateway, which calls the
-  models over HTTP (``FLEET_GATEWAY_BACKENDS``).
-- ``mono``: the gateway alone, hosting every model in-process
-  (``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS``).
+A plan (``fleet.placement``) puts each model on a service of its own (``dedicated``:
+one ``bentoml serve`` process with a number of workers, its port from
+``model_port_base``) or in the gateway's process (``shared``). The gateway routes to
+both in one request: it reads the URLs of the dedicated models from the backends file
+and the pinned Bento tags of the shared ones from the tags file, and re-reads either
+when it changes. ``micro`` (every model dedicated, workers from its spec) and ``mono``
+(every model shared) are the two extreme plans.
 
-A model with a ``@challenger`` gets it served beside the champion: in micro its own
-service ``<model>.challenger`` on a free port (``FLEET_MODEL_ROLE=challenger``), in mono
-loaded in the gateway; either way under the routes key ``<model>@challenger``, which
-the gateway mirrors traffic to (``bentos/gateway/service.py``).
+A model with a ``@challenger`` gets it served beside the champion: a dedicated model's
+on a service ``<model>.challenger`` on a free port (``FLEET_MODEL_ROLE=challenger``), a
+shared model's in the gateway; either way under the routes key ``<model>@challenger``,
+which the gateway mirrors traffic to (``bentos/gateway/service.py``).
 
 The Bento model tags are inputs: importing champions into the Bento store is the
 caller's step, so planning stays free of bentoml and MLflow.
@@ -32,20 +35,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from fleet import catalog, processes
+from fleet import catalog, placement, processes
 from fleet.bento_store import ROLE_ENV
 from fleet.catalog import get_model, model_port
 from fleet.files import write_text_atomic
+from fleet.placement import Placement
 from fleet.processes import Launch, Running
 from fleet.routing import challenger_route, parse_route
 from fleet.settings import REPO_ROOT, Settings
 
 Topology = Literal["micro", "mono"]
-TOPOLOGIES: tuple[str, ...] = ("micro", "mono")
+TOPOLOGIES: tuple[str, ...] = ("micro", "mono")  # the two extreme placements
 GATEWAY = "gateway"
 MODEL_SERVICE = "bentos.model.service:Service"  # one template serves any model
 BACKENDS_FILE_ENV = "FLEET_GATEWAY_BACKENDS_FILE"
 TAGS_FILE_ENV = "FLEET_BENTO_MODEL_TAGS_FILE"
+WORKERS_ENV = "BENTOML_CONFIG_OVERRIDES"
 CHALLENGER = "challenger"  # a component's role: its answers are mirrored, never returned
 
 
@@ -64,6 +69,7 @@ class Plan:
     models: list[str]
     launches: list[Launch]  # models first, gateway last: it needs its backends up
     files: dict[Path, dict[str, str]] = field(default_factory=dict)  # written before start
+    placement: Placement | None = None
 
     @property
     def names(self) -> list[str]:
@@ -189,42 +195,58 @@ def serve_command(target: str, host: str, port: int) -> list[str]:
 
 def plan(
     settings: Settings,
-    topology: Topology,
+    topology: Topology | Placement,
     models: list[str],
     tags: dict[str, str],
     challengers: dict[str, str] | None = None,
 ) -> Plan:
-    """The launches of ``topology`` for ``models`` (catalog order), given their Bento
-    tags, and the challengers of those models (model -> tag) served beside them."""
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}")
-    models = resolve_models(models)
+    """The launches of ``topology`` (``micro``, ``mono`` or a placement plan) for
+    ``models`` (catalog order), given their Bento tags, and the challengers of those
+    models (model -> tag) served beside them: a dedicated model's on a service of its
+    own, a shared model's in the gateway."""
+    if isinstance(topology, str):
+        if topology not in TOPOLOGIES:
+            raise ValueError(
+                f"unknown topology {topology!r}; choose one of {', '.join(TOPOLOGIES)}"
+            )
+        placed = placement.micro(models) if topology == "micro" else placement.mono(models)
+    else:
+        placed = topology
+    models = resolve_models([m for m in models if m in placed.models])
     missing = [m for m in models if m not in tags]
     if missing:
         raise ValueError(f"no Bento model tag for: {', '.join(missing)}")
     shadows = {name: tag for name, tag in (challengers or {}).items() if name in models}
+    dedicated = {m: w for m, w in placed.dedicated.items() if m in models}
     launches: list[Launch] = []
-    if topology == "micro":
-        for name in models:
+    urls: dict[str, str] = {}
+    in_process: dict[str, str] = {}
+    for name in models:
+        if name in dedicated:
             port = model_port(settings.model_port_base, name)
-            launches.append(model_launch(settings, name, tags[name], port))
-        backends = {launch.name: launch.url for launch in launches}
-        for name, tag in shadows.items():
+            launches.append(model_launch(settings, name, tags[name], port, workers=dedicated[name]))
+            urls[name] = launches[-1].url
+        else:
+            in_process[name] = tags[name]
+    for name, tag in shadows.items():
+        if name in dedicated:
             port = processes.free_port(settings.serve_host)
             launches.append(
                 model_launch(settings, name, tag, port, challenger_component(name), challenger=True)
             )
-            backends[challenger_route(name)] = launches[-1].url
-        # the file is how a rolling update re-points the running gateway (see update)
-        files = {backends_file(settings): backends}
-        gateway = gateway_launch(settings, "micro", backends)
-    else:
-        served = {name: tags[name] for name in models}
-        served |= {challenger_route(name): tag for name, tag in shadows.items()}
-        files = {tags_file(settings): served}
-        gateway = gateway_launch(settings, "mono", served)
-    launches.append(gateway)
-    return Plan(topology=topology, models=models, launches=launches, files=files)
+            urls[challenger_route(name)] = launches[-1].url
+        else:
+            in_process[challenger_route(name)] = tag
+    # the files are how a move re-points the running gateway (see update and move)
+    files = {backends_file(settings): urls, tags_file(settings): in_process}
+    launches.append(gateway_launch(settings, urls, in_process, placed.gateway_workers))
+    return Plan(topology=placed.topology, models=models, launches=launches, files=files,
+                placement=placed)  # fmt: skip
+
+
+def workers_override(service: str, workers: int) -> dict[str, str]:
+    """BentoML's own setting for a service's worker processes."""
+    return {WORKERS_ENV: json.dumps({"services": {service: {"workers": workers}}})}
 
 
 def model_launch(
@@ -234,12 +256,16 @@ def model_launch(
     port: int,
     component: str | None = None,
     challenger: bool = False,
+    workers: int | None = None,
 ) -> Launch:
-    """One model's service: the template serving ``tag`` on ``port`` (workers: its spec);
-    a ``challenger`` logs its answers as shadow rows."""
+    """One model's service: the template serving ``tag`` on ``port`` with ``workers``
+    (default: its spec's); a ``challenger`` logs its answers as shadow rows."""
     host = settings.serve_host
     env = {**service_env(settings), **model_env(name, tag)}
     meta = {"tag": tag}
+    if workers is not None and workers != get_model(name).serving.workers:
+        env |= workers_override(name, workers)
+        meta["workers"] = str(workers)
     if challenger:
         env[ROLE_ENV] = meta["role"] = CHALLENGER
     return Launch(
@@ -254,27 +280,36 @@ def model_launch(
     )
 
 
-def gateway_launch(settings: Settings, topology: str, routes: dict[str, str]) -> Launch:
-    """The gateway: ``routes`` are model URLs (micro) or pinned Bento model tags (mono).
+def launch_workers(component: Running | Launch) -> int:
+    """The workers a model component runs with."""
+    workers = component.meta.get("workers")
+    return int(workers) if workers else get_model(component.name.split(".")[0]).serving.workers
 
-    It re-reads the backends (or tags) file while it runs, so a restart from the file's
-    current content picks up every move made since it first started.
+
+def gateway_launch(
+    settings: Settings, urls: dict[str, str], tags: dict[str, str], workers: int = 1
+) -> Launch:
+    """The gateway: ``urls`` of the remote (dedicated) models and pinned Bento model
+    ``tags`` of the in-process (shared) ones.
+
+    It re-reads both files while it runs, so a restart from the files' current content
+    picks up every move made since it first started.
     """
-    env = dict(service_env(settings))
-    if topology == "micro":
-        env |= {
-            "FLEET_GATEWAY_MODE": "micro",
-            "FLEET_GATEWAY_BACKENDS": json.dumps(routes),
-            BACKENDS_FILE_ENV: str(backends_file(settings)),
-        }
-        meta = {}
-    else:
-        env |= {
-            "FLEET_GATEWAY_MODE": "mono",
-            "FLEET_BENTO_MODEL_TAGS": json.dumps(routes),
-            TAGS_FILE_ENV: str(tags_file(settings)),
-        }
-        meta = {"tags": json.dumps(routes)}
+    mode = "hybrid" if urls and tags else ("mono" if tags else "micro")
+    env = {
+        **service_env(settings),
+        "FLEET_GATEWAY_MODE": mode,
+        BACKENDS_FILE_ENV: str(backends_file(settings)),
+        TAGS_FILE_ENV: str(tags_file(settings)),
+    }
+    if urls:
+        env["FLEET_GATEWAY_BACKENDS"] = json.dumps(urls)
+    if tags:
+        env["FLEET_BENTO_MODEL_TAGS"] = json.dumps(tags)
+    meta = {"tags": json.dumps(tags)} if tags else {}
+    if workers != 1:
+        env |= workers_override(GATEWAY, workers)
+        meta["workers"] = str(workers)
     return Launch(
         name=GATEWAY,
         command=serve_command("bentos.gateway.service:Service", settings.serve_host,
@@ -330,20 +365,17 @@ def start_plan(
 
 
 def relaunch(settings: Settings, component: Running) -> Launch:
-    """The launch that starts ``component`` again as it is now: same name and port, the
-    model's pinned tag, the gateway's current backends (or tags) file."""
+    """The launch that starts ``component`` again as it is now: same name, port and
+    workers, the model's pinned tag, the gateway's current backends and tags files."""
     if component.name == GATEWAY:
-        file = backends_file(settings) if component.topology == "micro" else tags_file(settings)
-        try:
-            routes = json.loads(file.read_text())
-        except (OSError, ValueError):
-            routes = json.loads(component.meta.get("tags", "{}"))
+        urls = _read_routes(backends_file(settings))
+        tags = _read_routes(tags_file(settings), json.loads(component.meta.get("tags", "{}")))
         at_port = settings.model_copy(update={"gateway_port": component.port})
-        return gateway_launch(at_port, component.topology or "micro", routes)
+        return gateway_launch(at_port, urls, tags, int(component.meta.get("workers", 1)))
     model = component.name.split(".")[0]  # "<model>.next" during a reload
     return model_launch(
         settings, model, component.meta["tag"], component.port, component.name,
-        challenger=is_challenger(component),
+        challenger=is_challenger(component), workers=launch_workers(component),
     )  # fmt: skip
 
 
@@ -438,14 +470,23 @@ def _running_gateway(settings: Settings) -> Running:
     return components[GATEWAY]
 
 
+def shared_tags(gateway: Running) -> dict[str, str]:
+    """The gateway's in-process routes (shared models and their challengers)."""
+    return json.loads(gateway.meta.get("tags", "{}"))
+
+
+def dedicated_components(settings: Settings) -> dict[str, Running]:
+    """The running services of dedicated models (challengers and moves in progress not
+    included), by model."""
+    models = catalog.models()
+    return {r.name: r for r in running(settings) if r.name in models}
+
+
 def served_models(settings: Settings) -> list[str]:
-    """Models the running fleet serves, catalog order."""
+    """Models the running fleet serves, dedicated or shared, catalog order."""
     gateway = _running_gateway(settings)
-    if gateway.topology == "mono":
-        keys = json.loads(gateway.meta.get("tags", "{}"))
-        names = [k for k in keys if not parse_route(k)[1]]
-    else:
-        names = [r.name for r in running(settings) if r.name in catalog.models()]
+    names = [k for k in shared_tags(gateway) if not parse_route(k)[1]]
+    names += list(dedicated_components(settings))
     return resolve_models(names) if names else []
 
 
@@ -481,42 +522,60 @@ def _update(
     waiting on it, so the old one stops before the new one starts.
     """
     gateway = _running_gateway(settings)
-    if gateway.topology == "mono":
-        return _update_mono(settings, gateway, tags, timeout, challengers)
-    components = {r.name: r for r in running(settings)}
+    dedicated = dedicated_components(settings)
     swaps = []
-    for name in served_models(settings):
-        old = components[name]
+    for name, old in dedicated.items():
         new_tag = tags.get(name)
         if new_tag is None or old.meta.get("tag") == new_tag:
             continue
-        port = processes.free_port(settings.serve_host)
-        launch = model_launch(settings, name, new_tag, port, component=f"{name}.next")
-        new = processes.start(settings, launch, "micro")
-        path = backends_file(settings)
-        backends = json.loads(path.read_text()) if path.exists() else {}
-        try:
-            processes.wait_healthy(new, timeout)
-            write_json(path, {**backends, name: new.url})
-            _wait_gateway(settings, gateway, name, "url", new.url, timeout=10)
-        except BaseException:
-            write_json(path, {**backends, name: old.url})
-            processes.stop(settings, new)
-            raise
-        # a call sent to the old version just before the switch ends within the timeout
-        time.sleep(settings.model_timeout_s + 0.5)
-        processes.stop(settings, old, grace)
-        processes.rename(settings, new, name)
-        swaps.append(Swap(name, old.meta.get("tag"), new_tag, new.url))
+        swaps.append(_swap_service(settings, gateway, old, new_tag, launch_workers(old), timeout,
+                                   grace))  # fmt: skip
     if challengers is not None:
-        served = set(served_models(settings))
-        wanted = {name: tag for name, tag in challengers.items() if name in served}
+        wanted = {name: tag for name, tag in challengers.items() if name in dedicated}
         swaps += _sync_challengers(settings, gateway, wanted, timeout, grace)
-    return swaps
+    shared = {name: tag for name, tag in tags.items() if name not in dedicated}
+    shadows = {n: t for n, t in (challengers or {}).items() if n not in dedicated}
+    return swaps + _update_shared(settings, gateway, shared, timeout, shadows)
 
 
-def _read_routes(path: Path) -> dict[str, str]:
-    return json.loads(path.read_text()) if path.exists() else {}
+def _swap_service(
+    settings: Settings,
+    gateway: Running,
+    old: Running,
+    tag: str,
+    workers: int,
+    timeout: float,
+    grace: float,
+) -> Swap:
+    """A dedicated model's service replaced by one serving ``tag`` with ``workers``,
+    without failing a request: the new one starts on a free port, the gateway is
+    re-pointed once it is healthy, and the old one stops once calls sent to it have
+    finished or timed out. A failed step leaves the old one serving."""
+    name = old.name
+    port = processes.free_port(settings.serve_host)
+    launch = model_launch(settings, name, tag, port, component=f"{name}.next", workers=workers)
+    new = processes.start(settings, launch, old.topology)
+    path = backends_file(settings)
+    try:
+        processes.wait_healthy(new, timeout)
+        write_json(path, {**_read_routes(path), name: new.url})
+        _wait_gateway(settings, gateway, name, "url", new.url, timeout=10)
+    except BaseException:
+        write_json(path, {**_read_routes(path), name: old.url})
+        processes.stop(settings, new)
+        raise
+    # a call sent to the old version just before the switch ends within the timeout
+    time.sleep(settings.model_timeout_s + 0.5)
+    processes.stop(settings, old, grace)
+    processes.rename(settings, new, name)
+    return Swap(name, old.meta.get("tag"), tag, new.url)
+
+
+def _read_routes(path: Path, default: dict[str, str] | None = None) -> dict[str, str]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return dict(default or {})
 
 
 def _sync_challengers(
@@ -565,7 +624,7 @@ def _sync_challengers(
     return swaps
 
 
-def _update_mono(
+def _update_shared(
     settings: Settings,
     gateway: Running,
     tags: dict[str, str],
@@ -625,28 +684,43 @@ class NoChampion(processes.ProcessError):
 
 def start_fleet(
     settings: Settings,
-    topology: str = "micro",
+    topology: str | Placement = "micro",
     names: list[str] | None = None,
     timeout: float = 180.0,
 ) -> tuple[list[Running], bool]:
-    """Serve the champions of ``names`` (default: all) and wait until healthy.
+    """Serve the champions of ``names`` (default: all, or what the plan places) by
+    ``topology`` (``micro``, ``mono`` or a placement plan) and wait until healthy.
 
     Returns the components and whether they were started now (False: the same fleet
-    was already running and healthy). Anything else already running is an error.
+    was already running and healthy). Anything else already running is an error. The
+    plan is written to the serving state (``fleet.placement.state_file``).
     """
-    if topology not in TOPOLOGIES:
-        raise ValueError(f"unknown topology {topology!r}; choose one of: {', '.join(TOPOLOGIES)}")
+    if isinstance(topology, str):
+        if topology not in TOPOLOGIES:
+            raise ValueError(
+                f"unknown topology {topology!r}; choose one of: {', '.join(TOPOLOGIES)}"
+            )
+        models = resolve_models(names)
+        placed = placement.micro(models) if topology == "micro" else placement.mono(models)
+    else:
+        placed = topology
+        models = resolve_models(names or list(placed.models))
     refuse_exposure(settings)
-    models = resolve_models(names)
-    wanted = set(models) | {GATEWAY} if topology == "micro" else {GATEWAY}
+    wanted = {m for m in placed.dedicated if m in models} | {GATEWAY}
     already = running(settings)
     if already:
         names_up = {r.name for r in already if not is_challenger(r)}
-        same = names_up == wanted and all(r.topology == topology for r in already)
-        if same and all(processes.is_healthy(r.url) for r in already):
+        current = placement.read_state(settings)
+        same_plan = current is None or (
+            current.dedicated == placed.dedicated and set(current.models) == set(models)
+        )
+        if names_up == wanted and same_plan and all(processes.is_healthy(r.url) for r in already):
             return already, False
         found = ", ".join(f"{r.name} (pid {r.pid}, {r.url})" for r in already)
-        raise processes.ProcessError(f"already running: {found}; run `fleet stop` first")
+        raise processes.ProcessError(
+            f"already running: {found}; run `fleet stop` first, or move it with "
+            "`fleet serve --placement FILE|auto|micro|mono`"
+        )
 
     from fleet.bento_store import import_challenger, import_champion
     from fleet.registry import champion_info
@@ -658,8 +732,162 @@ def start_fleet(
     tags = {name: import_champion(settings, name) for name in models}
     shadows = {name: import_challenger(settings, name) for name in models}
     challengers = {name: tag for name, tag in shadows.items() if tag is not None}
-    fleet_plan = plan(settings, topology, models, tags, challengers)  # type: ignore[arg-type]
-    return start_plan(settings, fleet_plan, timeout=timeout), True
+    fleet_plan = plan(settings, placed, models, tags, challengers)
+    started = start_plan(settings, fleet_plan, timeout=timeout)
+    placement.write_state(settings, placed)
+    return started, True
+
+
+# --- moving a running fleet: another plan, another worker count ------------------------
+
+
+def move(
+    settings: Settings, target: Placement, timeout: float = 180.0, grace: float = 15.0
+) -> list[str]:
+    """Move the running fleet to ``target`` without failing a request; what was done.
+
+    Per model whose placement changes: shared -> dedicated starts its service (the
+    version the gateway serves), routes the model to it once healthy and only then
+    drops it from the gateway's in-process table; dedicated -> shared loads it in the
+    gateway, waits until the gateway serves it there, then unroutes and stops the
+    service once calls sent to it have finished; a dedicated model with another worker
+    count is replaced by a service with that many (:func:`scale`). A model's challenger
+    follows it. The gateway keeps its own workers (a restart would drop requests).
+    """
+    from fleet.bento_store import import_challenger
+
+    with serving_lock(settings):
+        workers = int(_running_gateway(settings).meta.get("workers", 1))
+        if workers != 1:
+            raise processes.ProcessError(
+                f"the gateway runs {workers} workers, and a move can confirm a switch with "
+                "one only; `fleet stop`, then `fleet serve --placement ...`"
+            )
+        served = served_models(settings)
+        unknown = [m for m in target.models if m not in served]
+        if unknown:
+            raise processes.ProcessError(
+                f"the running fleet does not serve {', '.join(unknown)}; serve them with "
+                "`fleet stop`, then `fleet serve --placement ...`"
+            )
+        dedicated = dedicated_components(settings)
+        steps: list[str] = []
+        for name, want in target.models.items():
+            is_dedicated = name in dedicated
+            if want.kind == "dedicated" and is_dedicated:
+                if launch_workers(dedicated[name]) != want.workers:
+                    steps.append(_scale(settings, dedicated[name], want.workers, timeout, grace))
+                continue
+            if (want.kind == "dedicated") == is_dedicated:
+                continue  # shared and staying shared
+            shadow = import_challenger(settings, name)
+            if shadow is not None:  # it follows its model: stopped here, started there
+                _update(settings, {}, timeout, grace, {name: None})
+            gateway = _running_gateway(settings)
+            if want.kind == "dedicated":
+                steps.append(_to_dedicated(settings, gateway, name, want.workers, timeout))
+            else:
+                steps.append(_to_shared(settings, gateway, dedicated[name], timeout, grace))
+            if shadow is not None:
+                _update(settings, {}, timeout, grace, {name: shadow})
+        gateway = _running_gateway(settings)
+        processes.write_pid_file(settings, replace(gateway, topology=_now_topology(settings)))
+        current = placement.read_state(settings)
+        kept = {m: p for m, p in (current.models if current else {}).items() if m in served}
+        gateway_workers = int(gateway.meta.get("workers", 1))
+        moved = Placement({**kept, **target.models}, gateway_workers, target.source, target.notes)
+        placement.write_state(settings, replace(moved, models=placement.ordered(moved.models)))
+    return steps
+
+
+def scale(
+    settings: Settings, model: str, workers: int, timeout: float = 180.0, grace: float = 15.0
+) -> str:
+    """A dedicated model's service replaced live by one with ``workers`` workers."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    with serving_lock(settings):
+        dedicated = dedicated_components(settings)
+        if model not in dedicated:
+            where = "shared in the gateway" if model in served_models(settings) else "not served"
+            raise processes.ProcessError(
+                f"{model} is {where}: only a dedicated model scales; give it a service with "
+                "`fleet serve --placement FILE` (placement: dedicated)"
+            )
+        done = _scale(settings, dedicated[model], workers, timeout, grace)
+        current = placement.read_state(settings)
+        if current is not None and model in current.models:
+            old = current.models[model]
+            models = {**current.models, model: replace(old, workers=workers, reason="fleet scale")}
+            placement.write_state(settings, replace(current, models=models))
+    return done
+
+
+def _scale(settings: Settings, old: Running, workers: int, timeout: float, grace: float) -> str:
+    before = launch_workers(old)
+    if before == workers:
+        return f"{old.name}: already {workers} worker(s)"
+    gateway = _running_gateway(settings)
+    swap = _swap_service(settings, gateway, old, old.meta["tag"], workers, timeout, grace)
+    return f"{old.name}: {before} -> {workers} worker(s) ({swap.url})"
+
+
+def _to_dedicated(
+    settings: Settings, gateway: Running, name: str, workers: int, timeout: float
+) -> str:
+    tags = shared_tags(gateway)
+    tag = tags[name]
+    port = processes.free_port(settings.serve_host)
+    new = processes.start(settings, model_launch(settings, name, tag, port, workers=workers),
+                          "hybrid")  # fmt: skip
+    path = backends_file(settings)
+    try:
+        processes.wait_healthy(new, timeout)
+        write_json(path, {**_read_routes(path), name: new.url})
+        _wait_gateway(settings, gateway, name, "url", new.url, timeout=10)
+    except BaseException:
+        write_json(path, {k: v for k, v in _read_routes(path).items() if k != name})
+        processes.stop(settings, new)
+        raise
+    # routed remotely now: the in-process copy goes (the gateway keeps the remote route)
+    left = {k: v for k, v in tags.items() if k != name}
+    write_json(tags_file(settings), left)
+    processes.write_pid_file(
+        settings, replace(gateway, meta={**gateway.meta, "tags": json.dumps(left)})
+    )
+    return f"{name}: shared -> dedicated, {workers} worker(s) ({new.url})"
+
+
+def _to_shared(
+    settings: Settings, gateway: Running, old: Running, timeout: float, grace: float
+) -> str:
+    name, tag = old.name, old.meta["tag"]
+    tags = shared_tags(gateway)
+    path = tags_file(settings)
+    write_json(path, {**tags, name: tag})
+    try:
+        _wait_gateway(settings, gateway, name, "tag", tag, timeout)
+    except BaseException:
+        write_json(path, tags)
+        raise
+    joined = {**tags, name: tag}
+    processes.write_pid_file(
+        settings, replace(gateway, meta={**gateway.meta, "tags": json.dumps(joined)})
+    )
+    routes = backends_file(settings)
+    write_json(routes, {k: v for k, v in _read_routes(routes).items() if k != name})
+    # a call sent to the service just before the switch ends within the timeout
+    time.sleep(settings.model_timeout_s + 0.5)
+    processes.stop(settings, old, grace)
+    return f"{name}: dedicated -> shared in the gateway ({gateway.url})"
+
+
+def _now_topology(settings: Settings) -> str:
+    gateway = _running_gateway(settings)
+    shared = [k for k in shared_tags(gateway) if not parse_route(k)[1]]
+    if not shared:
+        return "micro"
+    return "hybrid" if dedicated_components(settings) else "mono"
 
 
 def reload_champions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +46,7 @@ def test_load_spec_refuses_nonsense() -> None:
 @pytest.mark.integration
 def test_serve_bench_smoke(serving_state: ServingState, tmp_path: Path) -> None:
     """Real model service, gateway and mlflow serve; load from a separate process."""
-    from bench.serve import GATEWAY, IN_PROCESS, MLFLOW, SERVICE, run_serve_bench
+    from bench.serve import FASTAPI, GATEWAY, MLFLOW, SERVICE, in_process, run_serve_bench
 
     bench = run_serve_bench(
         serving_state.settings,
@@ -61,9 +62,11 @@ def test_serve_bench_smoke(serving_state: ServingState, tmp_path: Path) -> None:
     assert data["bento_tag"] == serving_state.tags["flight_delay"]
     assert data["records"] > 20  # distinct real records, not one repeated example
     names = [t["name"] for t in data["targets"]]
-    assert names == [IN_PROCESS, SERVICE, GATEWAY, MLFLOW]
+    paths = [in_process(p) for p in ("pipeline", "numpy", "treelite")]
+    assert names == [*paths, SERVICE, GATEWAY, FASTAPI, MLFLOW]
+    assert data["served_path"] == "treelite"  # it answered as the pipeline on the example
     for target in data["targets"]:
-        expected_levels = [1] if target["name"] == IN_PROCESS else [1, 8]
+        expected_levels = [1] if target["name"] in paths else [1, 8]
         assert [lv["concurrency"] for lv in target["levels"]] == expected_levels
         for lv in target["levels"]:
             assert lv["errors"] == 0, (target["name"], lv["error_samples"])
@@ -71,7 +74,20 @@ def test_serve_bench_smoke(serving_state: ServingState, tmp_path: Path) -> None:
             assert not lv["truncated"]
             assert lv["req_per_s"] > 0 and lv["wall_s"] > 0
             assert 0 < lv["p50_ms"] <= lv["p95_ms"] <= lv["p99_ms"] <= lv["max_ms"]
-    assert set(data["ratios_vs_mlflow"]) == {IN_PROCESS, SERVICE, GATEWAY, MLFLOW}
+    assert set(data["ratios_vs_mlflow"]) == {*paths, SERVICE, GATEWAY, FASTAPI, MLFLOW}
+    if shutil.which("wrk"):  # the external load generator, on the same HTTP targets
+        assert [t["name"] for t in data["wrk"]] == [SERVICE, GATEWAY, FASTAPI, MLFLOW]
+        for target in data["wrk"]:
+            for lv in target["levels"]:
+                assert lv["requests"] > 0 and lv["errors"] == 0, (target["name"], lv)
+                assert 0 < lv["p50_ms"] <= lv["p99_ms"] <= lv["max_ms"]
+        assert set(data["wrk_ratios_vs_mlflow"]) == {SERVICE, GATEWAY, FASTAPI, MLFLOW}
+    else:
+        assert data["wrk"] == [] and "wrk was not run" in (tmp_path / "serve.md").read_text()
+    p50 = {c["target"]: c for c in data["checks"] if "p50" in c["target"]}
+    served = p50["in-process (treelite): p50 <= 1 ms at concurrency 1"]
+    assert served["value"] == data["targets"][2]["levels"][0]["p50_ms"]
+    assert served["met"] is (served["value"] <= 1.0)
     checks = {c["target"]: c for c in data["checks"]}
     ratio = next(c for name, c in checks.items() if name.startswith("model service req/s"))
     # the verdict follows from the measured figures (rounded as stored)
@@ -79,6 +95,8 @@ def test_serve_bench_smoke(serving_state: ServingState, tmp_path: Path) -> None:
     mlflow_rps = next(t for t in data["targets"] if t["name"] == MLFLOW)["levels"][1]["req_per_s"]
     assert ratio["value"] == pytest.approx(service_rps / mlflow_rps, abs=0.01)
     assert ratio["met"] is (service_rps / mlflow_rps >= ratio["limit"])
+    under_wrk = [name for name in checks if name.endswith("(wrk)")]
+    assert len(under_wrk) == (1 if data["wrk"] else 0)
     # concurrency 32 was not run at smoke size: said so, not guessed
     assert [c["met"] for c in data["checks"] if "concurrency 32" in c["target"]] == [None, None]
     markdown = (tmp_path / "serve.md").read_text()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import simulation as sim
 from bench import topology as bt
 from fleet import routing
+from fleet import simulation as sim
 from fleet.catalog import model_names
 from tests.serving_fixtures import ServingState
 

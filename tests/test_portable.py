@@ -122,6 +122,9 @@ def test_built_bentos_serve_from_a_fresh_environment(
             body = answer.json()
             assert body["model"] == name and body["version"] == "1"
             assert set(body["prediction"]) == {"label", "probability"}
+            # the compiled single-record path came with the Bento's own requirements
+            served = httpx.get(f"{url}/metadata", timeout=30).json()["predict_path"]
+            assert served == ("treelite" if name == "flight_delay" else "pipeline"), served
         gw = f"http://{HOST}:{ports['gateway']}"
         example = {**check.openapi_example(gw), "models": list(bentos)}
         answer = httpx.post(f"{gw}/predict", json=example, timeout=30)

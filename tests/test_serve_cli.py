@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from fleet import processes, topology
+from fleet import placement, processes, topology
 from fleet.catalog import get_model, models
 from fleet.cli import app
 from fleet.settings import REPO_ROOT, Settings
@@ -208,7 +208,7 @@ def test_micro_reload_the_gateway_does_not_confirm_keeps_the_old_version(
     # the new version's process: a stand-in too, on the port the update picks
     monkeypatch.setattr(
         topology, "model_launch",
-        lambda s, model, tag, port, component=None: _static_server(component, model_dir, port),
+        lambda s, model, tag, port, component=None, **_: _static_server(component, model_dir, port),
     )  # fmt: skip
     try:
         for component in (old, gateway):
@@ -357,6 +357,73 @@ def _serve_check_stop(
 LOAD_DAY = {"micro": datetime(2013, 6, 1, tzinfo=UTC), "mono": datetime(2013, 6, 2, tzinfo=UTC)}
 
 
+Answer = tuple[int, str, dict[str, str], dict]  # status, request id, versions, errors
+
+
+def _under_load(
+    gateway: str,
+    label: str,
+    day: datetime,
+    at_least: int,
+    actions: list,
+    models: tuple[str, ...] = ("flight_delay",),
+) -> tuple[list[list[Answer]], list]:
+    """16 clients send flight requests for ``models`` to the gateway while ``actions``
+    (callables, each returning what it did) run one after another, load flowing before,
+    between and for a second after them; at least ``at_least`` requests in all.
+    Returns what each client saw, in order, and what each action returned."""
+    flight = _request()["flight"]
+    sent = itertools.count()
+    done = threading.Event()
+    seen: list[list[Answer]] = [[] for _ in range(16)]
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=30) as http:
+            while True:
+                n = next(sent)
+                if n >= at_least and done.is_set():
+                    return
+                rid = f"{label}-load-{n}"
+                body = {
+                    "request_id": rid,
+                    "event_time": (day + timedelta(seconds=n % 86_400)).isoformat(),
+                    "flight": flight,
+                    "models": list(models),
+                }
+                try:
+                    answer = http.post(gateway, json=body)
+                except httpx.HTTPError as exc:
+                    seen[k].append((0, rid, {}, {"client": repr(exc)}))
+                    continue
+                payload = answer.json() if answer.status_code == 200 else {}
+                versions = {m: r["version"] for m, r in payload.get("results", {}).items()}
+                seen[k].append((answer.status_code, rid, versions, payload.get("errors", {})))
+
+    clients = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for thread in clients:
+        thread.start()
+    results = []
+    try:
+        for action in actions:
+            deadline = time.monotonic() + 120
+            floor = sum(map(len, seen)) + at_least // (5 * len(actions))
+            while sum(map(len, seen)) < floor:  # each action starts with load flowing
+                assert time.monotonic() < deadline and all(t.is_alive() for t in clients)
+                time.sleep(0.1)
+            results.append(action())
+        time.sleep(1.0)  # requests after the last switch
+    finally:
+        done.set()
+        for thread in clients:
+            thread.join(120)
+    return seen, results
+
+
+def _failed(seen: list[list[Answer]], models: tuple[str, ...]) -> list[Answer]:
+    """Answers that are not a 200 with every model's prediction and no error."""
+    return [a for c in seen for a in c if a[0] != 200 or a[3] or set(a[2]) != set(models)]
+
+
 def _move_champion_under_load(
     settings: Settings, status: dict, topology_name: str, at_least: int
 ) -> None:
@@ -372,50 +439,11 @@ def _move_champion_under_load(
     versions = sorted(int(v.version) for v in mlflow.search_model_versions("name='flight_delay'"))
     after = [v for v in versions if v != before][-1]  # the other trained version
     mlflow.set_registered_model_alias("flight_delay", "champion", after)
-    gateway = status["gateway"]["url"] + "/predict"
-    flight = _request()["flight"]
     day = LOAD_DAY[topology_name]
-    sent = itertools.count()
-    reloaded = threading.Event()
-    # per client, in order: (status, request id, version or None, errors)
-    seen: list[list[tuple[int, str, str | None, dict]]] = [[] for _ in range(16)]
-
-    def client(k: int) -> None:
-        with httpx.Client(timeout=30) as http:
-            while True:
-                n = next(sent)
-                if n >= at_least and reloaded.is_set():
-                    return
-                rid = f"{topology_name}-load-{n}"
-                body = {
-                    "request_id": rid,
-                    "event_time": (day + timedelta(seconds=n % 86_400)).isoformat(),
-                    "flight": flight,
-                    "models": ["flight_delay"],
-                }
-                try:
-                    answer = http.post(gateway, json=body)
-                except httpx.HTTPError as exc:
-                    seen[k].append((0, rid, None, {"client": repr(exc)}))
-                    continue
-                payload = answer.json() if answer.status_code == 200 else {}
-                version = payload.get("results", {}).get("flight_delay", {}).get("version")
-                seen[k].append((answer.status_code, rid, version, payload.get("errors", {})))
-
-    clients = [threading.Thread(target=client, args=(k,)) for k in range(16)]
-    for thread in clients:
-        thread.start()
-    try:
-        deadline = time.monotonic() + 120
-        while sum(map(len, seen)) < at_least // 5:  # the reload starts with load flowing
-            assert time.monotonic() < deadline and all(t.is_alive() for t in clients)
-            time.sleep(0.1)
-        result = invoke("serve", "--reload", "--timeout", "300")
-        time.sleep(1.0)  # requests after the switch
-    finally:
-        reloaded.set()
-        for thread in clients:
-            thread.join(120)
+    gateway = status["gateway"]["url"] + "/predict"
+    reload = lambda: invoke("serve", "--reload", "--timeout", "300")  # noqa: E731
+    full, (result,) = _under_load(gateway, topology_name, day, at_least, [reload])
+    seen = [[(s, rid, v.get("flight_delay"), e) for s, rid, v, e in c] for c in full]
     assert result.exit_code == 0, result.output
     assert f"flight_delay: flight_delay:v{before} -> flight_delay:v{after}" in result.flat
     answered = [entry for per_client in seen for entry in per_client]
@@ -465,6 +493,115 @@ def test_serve_micro_end_to_end(trained: Settings) -> None:
 @pytest.mark.integration
 def test_serve_mono_end_to_end(trained: Settings) -> None:
     _serve_check_stop(trained, "mono", {"gateway"}, reload=True)
+
+
+HYBRID_DAY = datetime(2013, 6, 5, tzinfo=UTC)  # a day of its own in the log
+FLIGHT_MODELS = ("flight_delay", "arrival_delay")
+OTHERS = [m for m in MODELS if m not in FLIGHT_MODELS]
+
+
+def _plan_file(path: Path, dedicated: str, workers: int) -> Path:
+    lines = ["models:"] + [
+        f"  {m}: {{placement: dedicated, workers: {workers}}}"
+        if m == dedicated
+        else f"  {m}: shared"
+        for m in MODELS
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _status_and_workers(name: str) -> tuple[int, dict]:
+    """A component's pid and its processes (BentoML's workers) now."""
+    pid = json.loads(invoke("status", "--json").output)[name]["pid"]
+    return pid, processes.descendants(pid)
+
+
+def _kinds(url: str) -> dict[str, str]:
+    return {m: b["kind"] for m, b in topology.gateway_metadata(url)["backends"].items()}
+
+
+@pytest.mark.integration
+def test_a_hybrid_placement_scales_and_moves_under_load(trained: Settings, tmp_path) -> None:
+    """flight_delay on a service of its own, the other models in the gateway. Under load
+    from 16 clients whose every request needs a remote and an in-process model at once,
+    `fleet scale` and `fleet serve --placement` (the two flight models swap places) fail
+    no request; every answer names the champion versions; the prediction log holds each
+    answered prediction once, whoever served it; `auto` plans from that traffic."""
+    from fleet.predictions import PredictionLog
+    from fleet.registry import champion_info
+
+    hot = _plan_file(tmp_path / "hot.yaml", "flight_delay", 1)
+    swapped = _plan_file(tmp_path / "swapped.yaml", "arrival_delay", 1)
+    result = invoke("serve", "--placement", str(hot), "--timeout", "300")
+    try:
+        assert result.exit_code == 0, result.output
+        assert "hybrid" in result.flat and "flight_delay: dedicated, 1 worker(s)" in result.flat
+        status = json.loads(invoke("status", "--json").output)
+        assert set(status) == {"flight_delay", "gateway"}
+        url = status["gateway"]["url"]
+        assert topology.gateway_metadata(url)["mode"] == "hybrid"
+        assert _kinds(url) == {"flight_delay": "http", **{m: "in-process" for m in MODELS
+                                                          if m != "flight_delay"}}  # fmt: skip
+        answer = httpx.post(url + "/predict", json=_request(), timeout=30).json()
+        assert set(answer["results"]) == set(MODELS) and not answer["errors"], answer
+        before = processes.descendants(status["flight_delay"]["pid"])
+
+        actions = [
+            lambda: invoke("scale", "flight_delay", "2", "--timeout", "300"),
+            lambda: _status_and_workers("flight_delay"),
+            lambda: invoke("serve", "--placement", str(swapped), "--timeout", "300"),
+        ]
+        seen, (scaled, between, moved) = _under_load(
+            url + "/predict", "hybrid", HYBRID_DAY, 3000, actions, FLIGHT_MODELS
+        )
+        assert scaled.exit_code == 0, scaled.output
+        assert "flight_delay: 1 -> 2 worker(s)" in scaled.flat
+        # BentoML runs one more worker process for the scaled service
+        scaled_pid, workers = between
+        assert scaled_pid != status["flight_delay"]["pid"]
+        assert len(workers) == len(before) + 1
+        assert moved.exit_code == 0, moved.output
+        assert "flight_delay: dedicated -> shared" in moved.flat
+        assert "arrival_delay: shared -> dedicated, 1 worker(s)" in moved.flat
+        answered = [a for per_client in seen for a in per_client]
+        failed = _failed(seen, FLIGHT_MODELS)
+        assert not failed, (len(failed), failed[:5])
+        assert len(answered) >= 3000
+        champions = {m: str(champion_info(trained, m).version) for m in FLIGHT_MODELS}
+        assert {json.dumps(a[2], sort_keys=True) for a in answered} == {
+            json.dumps(champions, sort_keys=True)
+        }
+        now = json.loads(invoke("status", "--json").output)
+        assert set(now) == {"arrival_delay", "gateway"}
+        assert processes._group_members(scaled_pid) == []
+        assert (
+            _kinds(url)["flight_delay"] == "in-process" and _kinds(url)["arrival_delay"] == "http"
+        )
+        state = json.loads(placement.state_file(trained).read_text())
+        assert state["topology"] == "hybrid"
+        assert state["models"]["arrival_delay"]["kind"] == "dedicated"
+        assert state["models"]["flight_delay"]["kind"] == "shared"
+
+        log = PredictionLog(trained.predictions_db_url)
+        try:
+            for model in FLIGHT_MODELS:
+                logged = log.read(model, HYBRID_DAY, HYBRID_DAY + timedelta(days=1))
+                assert len(logged) == len(answered) and logged["request_id"].is_unique, model
+                assert set(logged["request_id"]) == {a[1] for a in answered}
+        finally:
+            log.dispose()
+        print(f"\nhybrid: {len(answered)} requests across a scale and a move, all logged")
+
+        plan = invoke("serve", "--placement", "auto", "--dry-run")
+        assert plan.exit_code == 0, plan.output
+        assert "placement (auto)" in plan.flat and "calls/s" in plan.flat
+        for model in OTHERS:  # not called by the load, but by the single request above
+            assert f"{model}: shared" in plan.flat
+    finally:
+        stopped = invoke("stop")
+    assert stopped.exit_code == 0, stopped.output
+    assert processes.read_pid_files(trained) == []
 
 
 def _shadow_setup(settings: Settings) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench import simulation as sim
+from fleet import simulation as sim
 
 ONE = {"only": sim.RequestClass("only", ("m",))}
 FLEET = {

@@ -14,7 +14,7 @@
    runs: direct calls to each model service, and each request kind through each
    gateway. CPU per request per component comes from CPU accounting (robust to a busy
    machine); hop delays from the concurrency-1 latencies. ``fit_calibration`` turns
-   them into a ``bench.simulation.Calibration``.
+   them into a ``fleet.simulation.Calibration``.
 3. **Validation.** The simulator replays every measured point (profile x topology x
    concurrency, closed loop, load generator on the same cores); relative errors of
    throughput, p50 and p99 are reported, their mean over throughput and p50 is the

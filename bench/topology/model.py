@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench import simulation as sim
 from bench.topology.config import LOAD_FRACTIONS, NET_S, TARGET_VALIDATION_ERROR, TOPOLOGIES
 from bench.topology.measure import Point, worker_counts
 from bench.topology.traffic import request_classes
+from fleet import simulation as sim
 from fleet.catalog import models as catalog_models
 
 # --- calibration fit (pure) -------------------------------------------------------------
@@ -36,7 +36,7 @@ def fit_calibration(
     mono: Mapping[str, Observation],
     classes: Mapping[str, sim.RequestClass],
 ) -> sim.Calibration:
-    """Per-request costs from single-kind runs (see ``bench.simulation.Calibration``).
+    """Per-request costs from single-kind runs (see ``fleet.simulation.Calibration``).
 
     - ``server_s``: mean over models of (direct call CPU - predict CPU);
     - ``call_s``, ``gateway_s["micro"]``: least squares of micro gateway CPU per request

@@ -6,7 +6,7 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from bench import simulation as sim
+from fleet import simulation as sim
 from fleet.catalog import get_model
 from fleet.catalog import models as catalog_models
 

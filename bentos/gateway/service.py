@@ -1,16 +1,23 @@
 """The gateway: one request, only the models it needs, called concurrently.
 
 Thin shell over ``fleet.routing`` (which models), ``fleet.backends`` (how to call them)
-and ``fleet.results`` (where combined results go). Topology from the environment:
+and ``fleet.results`` (where combined results go). Where each model is comes from the
+environment, as two routing tables that may both be in use (a hybrid placement):
 
-- micro (default): ``FLEET_GATEWAY_BACKENDS`` = JSON ``{"model": "http://127.0.0.1:3001"}``;
+- remote models: ``FLEET_GATEWAY_BACKENDS`` = JSON ``{"model": "http://127.0.0.1:3001"}``;
   with ``FLEET_GATEWAY_BACKENDS_FILE`` the same JSON is re-read whenever the file
   changes, so ``fleet serve --reload`` can move a model to a new process without a
   restart (calls in flight finish on the old URL);
-- mono: ``FLEET_GATEWAY_MODE=mono`` and ``FLEET_BENTO_MODEL_TAGS`` = JSON
-  ``{"model": "flight_delay:v3"}``, models loaded in this process from the Bento store;
-  with ``FLEET_BENTO_MODEL_TAGS_FILE`` the same JSON is re-read whenever the file
-  changes: a changed tag is loaded on a background thread and swapped in once loaded.
+- in-process models: ``FLEET_BENTO_MODEL_TAGS`` = JSON ``{"model": "flight_delay:v3"}``,
+  loaded in this process from the Bento store; with ``FLEET_BENTO_MODEL_TAGS_FILE`` the
+  same JSON is re-read whenever the file changes: a changed tag is loaded on a
+  background thread and swapped in once loaded.
+
+``FLEET_GATEWAY_MODE`` says which tables it starts with: ``micro`` (remote only, the
+default), ``mono`` (in-process only) or ``hybrid`` (both). Whichever table last changed
+a model's entry serves it, so ``fleet serve --placement`` moves a model between the two
+with one file write each way; at start, the remote table wins a model named in both.
+``/metadata`` reports the mode the tables make now.
 
 Every prediction is logged (``fleet.predictions``) under the request's ``request_id``
 and ``event_time``: in micro by the model services (the gateway forwards both as
@@ -44,7 +51,7 @@ from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from fleet import backends, predictions, routing
+from fleet import backends, fastpath, predictions, routing
 from fleet.catalog import get_model
 from fleet.guard import Guard
 from fleet.results import ResultStore, ResultWriter
@@ -60,6 +67,7 @@ MODE_ENV, BACKENDS_ENV, TAGS_ENV, BACKENDS_FILE_ENV, TAGS_FILE_ENV = (
     "FLEET_GATEWAY_BACKENDS_FILE",
     "FLEET_BENTO_MODEL_TAGS_FILE",
 )
+MODES = ("micro", "mono", "hybrid")
 # a stored result is part of the answer, but a stuck database must not hang requests
 STORE_BUDGET_S = 5.0
 # mirrored calls to challengers in flight at once: a dead or slow challenger must not
@@ -75,12 +83,15 @@ def docs() -> RedirectResponse:
     return RedirectResponse("/")
 
 
-def _json_env(name: str) -> dict[str, str]:
+def _json_env(name: str, required: bool) -> dict[str, str]:
+    """A routing table from the environment; ``required``: it must name a model."""
     raw = os.environ.get(name)
     if not raw:
-        raise RuntimeError(f"{name} is not set: the gateway does not know its models")
+        if required:
+            raise RuntimeError(f"{name} is not set: the gateway does not know its models")
+        return {}
     value = json.loads(raw)
-    if not isinstance(value, dict) or not value:
+    if not isinstance(value, dict) or (required and not value):
         raise RuntimeError(f"{name} must be a non-empty JSON object, got {raw!r}")
     return _routes(value)
 
@@ -100,8 +111,11 @@ def _routes(value: dict[str, Any]) -> dict[str, str]:
 class Service:
     def __init__(self) -> None:
         self.settings = Settings()
-        self.mode = os.environ.get(MODE_ENV, "micro")
-        self.client = None
+        self.started_as = os.environ.get(MODE_ENV, "micro")
+        if self.started_as not in MODES:
+            raise RuntimeError(f"{MODE_ENV} must be one of {', '.join(MODES)}, not "
+                               f"{self.started_as!r}")  # fmt: skip
+        self.client = backends.make_http_client(self.settings.model_timeout_s)
         self.backends: dict[str, backends.ModelBackend] = {}
         self.challengers: dict[str, backends.ModelBackend] = {}  # mirrored, never answered
         self._shadow_tasks: set[asyncio.Task] = set()
@@ -114,30 +128,40 @@ class Service:
         self._tags_lock = threading.Lock()
         self.log: predictions.PredictionLog | None = None
         self.recorder: predictions.PredictionRecorder | None = None
-        if self.mode == "mono":
-            # the models are here, so their predictions are logged here
+        tags = _json_env(TAGS_ENV, required=self.started_as == "mono")
+        urls = _json_env(BACKENDS_ENV, required=self.started_as == "micro")
+        if self.started_as == "hybrid" and not (tags or urls):
+            raise RuntimeError(f"hybrid: {TAGS_ENV} and {BACKENDS_ENV} are both empty")
+        if tags or os.environ.get(TAGS_FILE_ENV):
+            # models here log their predictions here
             self.log = predictions.PredictionLog(self.settings.predictions_db_url).create()
             self.recorder = predictions.PredictionRecorder(self.log)
-            for key, tag in _json_env(TAGS_ENV).items():
-                self._load(key, tag)
-            if os.environ.get(TAGS_FILE_ENV):
-                self.tags_file = Path(os.environ[TAGS_FILE_ENV])
-                self._refresh_tags(wait=True)
-        elif self.mode == "micro":
-            self.client = backends.make_http_client(self.settings.model_timeout_s)
-            for key, url in _json_env(BACKENDS_ENV).items():
-                self._set_url(key, url)
-            if os.environ.get(BACKENDS_FILE_ENV):
-                self.backends_file = Path(os.environ[BACKENDS_FILE_ENV])
-                self._refresh_backends()
-        else:
-            raise RuntimeError(f"{MODE_ENV} must be micro or mono, not {self.mode!r}")
+        for key, tag in tags.items():
+            self._load(key, tag)
+        # what each file said last: only an entry that changed there moves a model
+        self._tags_seen, self._urls_seen = dict(tags), dict(urls)
+        if os.environ.get(TAGS_FILE_ENV):
+            self.tags_file = Path(os.environ[TAGS_FILE_ENV])
+            self._refresh_tags(wait=True)
+        for key, url in urls.items():
+            self._set_url(key, url)
+        if os.environ.get(BACKENDS_FILE_ENV):
+            self.backends_file = Path(os.environ[BACKENDS_FILE_ENV])
+            self._refresh_backends()
         self.store = ResultStore(self.settings.results_db_url).create()
         self.writer = ResultWriter(self.store)
         self.served = 0
         self._champions: dict[str, tuple[float, bool | None]] = {}
         logger.info("gateway (%s) for %s; results in %s", self.mode, list(self.backends),
                     self.store.display_url)  # fmt: skip
+
+    @property
+    def mode(self) -> str:
+        """What the routing tables make now: micro, mono or hybrid."""
+        kinds = {b.kind for b in self.backends.values()}
+        if kinds == {backends.InProcessBackend.kind}:
+            return "mono"
+        return "hybrid" if len(kinds) > 1 else "micro"
 
     @bentoml.api(input_spec=GatewayRequest)
     async def predict(self, **request: Any) -> dict[str, Any]:
@@ -265,13 +289,22 @@ class Service:
             logger.warning("backends file %s names an unknown model: %s", self.backends_file, exc)
             return
         for key, url in routes.items():
-            self._set_url(key, url)
-        for name in [n for n in self.challengers if routing.challenger_route(n) not in routes]:
-            del self.challengers[name]  # mirrors stop; calls in flight finish on their own
+            if self._urls_seen.get(key) != url:  # a moved entry; the others stay put
+                self._set_url(key, url)
+        self._drop_challengers(self._urls_seen, routes)
+        self._urls_seen = routes
         self._backends_stamp = stamp
         logger.info("backends now %s; challengers %s",
                     {n: b.describe() for n, b in self.backends.items()},
                     {n: b.describe() for n, b in self.challengers.items()})  # fmt: skip
+
+    def _drop_challengers(self, before: dict[str, str], now: dict[str, str]) -> None:
+        """Challengers whose entry left a routing file stop being mirrored (calls in
+        flight finish on their own); the other file's challengers are not touched."""
+        for key in [k for k in before if k not in now]:
+            model, challenger = routing.parse_route(key)
+            if challenger and self.challengers.pop(model, None) is not None:
+                logger.info("%s: challenger dropped", model)
 
     def _load(self, key: str, tag: str) -> None:
         from fleet.bento_store import load_model
@@ -279,9 +312,12 @@ class Service:
         table, name = self._table(key)
         loaded = load_model(tag)
         # one dict assignment: a request sees the old backend or the new, never neither
+        spec = get_model(name)
         table[name] = backends.InProcessBackend(
-            get_model(name), loaded.model, loaded.version, loaded.tag, self.recorder,
+            spec, loaded.model, loaded.version, loaded.tag, self.recorder,
             shadow=table is self.challengers,
+            predictor=fastpath.for_setting(spec, loaded.model, self.settings.predict_path,
+                                           loaded.example),
         )  # fmt: skip
 
     def _refresh_tags(self, wait: bool = False) -> None:
@@ -315,14 +351,9 @@ class Service:
             logger.warning("tags file %s unreadable: %s", self.tags_file, exc)
             return
         self._tags_stamp = stamp
-        for name in [n for n in self.challengers if routing.challenger_route(n) not in wanted]:
-            del self.challengers[name]
-            logger.info("%s: challenger dropped", name)
-        changed = {}
-        for key, tag in wanted.items():
-            table, name = self._table(key)
-            if getattr(table.get(name), "tag", None) != tag:
-                changed[key] = tag
+        self._drop_challengers(self._tags_seen, wanted)
+        changed = {key: tag for key, tag in wanted.items() if self._tags_seen.get(key) != tag}
+        self._tags_seen = wanted
         if not changed:
             return
 
@@ -333,6 +364,7 @@ class Service:
                     self._load(key, tag)
                     logger.info("%s now serves %s", key, tag)
                 except Exception as exc:
+                    self._tags_seen.pop(key, None)  # tried again at the file's next change
                     logger.error("cannot load %s for %s, keeping %s: %s", tag, key,
                                  getattr(table.get(name), "tag", None), exc)  # fmt: skip
 
@@ -350,8 +382,8 @@ class Service:
             )
         else:
             why = (
-                f"{name}: not served by this gateway ({self.mode} topology, started without "
-                f"it); serve it (`fleet stop`, then `fleet serve`)"
+                f"{name}: not served by this gateway ({self.mode}, started without it); "
+                "serve it (`fleet stop`, then `fleet serve`)"
             )
         return routing.ModelFailure(name, why)
 
@@ -375,8 +407,7 @@ class Service:
         for task in list(self._shadow_tasks):  # mirrors are never worth a slow shutdown
             task.cancel()
         await self.writer.aclose()
-        if self.client is not None:
-            await self.client.aclose()
+        await self.client.aclose()
         self.store.dispose()
         if self.recorder is not None:
             await asyncio.to_thread(self.recorder.close)
