@@ -11,7 +11,8 @@ and which models each request needed), takes the per-call costs of the last
 models to consolidate into the gateway: every split of the fleet is simulated at the
 observed rate on this machine, the one with the lowest p99 that keeps up wins, and near
 ties go to the more consolidated one (fewer processes, less memory). Workers follow the
-CPU demand of each component, one per core in all. The plan carries its reasons.
+CPU demand of each component (the gateway's included), one per core in all. The plan
+carries its reasons.
 
 Plan files are YAML (or JSON)::
 
@@ -272,22 +273,23 @@ def _workers(
     models: list[str],
     cores: int,
 ) -> dict[str, int]:
-    """One gateway worker; the other cores go to the dedicated models in proportion to
-    their CPU demand (at least one each)."""
-    remote = [m for m in models if m not in local]
+    """One worker per core, split over the gateway and the dedicated models in
+    proportion to their CPU demand (at least one each)."""
     demand = simulation.component_demand(calibration, classes, mix, local)
-    wanted = {m: demand.get(m, 0.0) for m in remote}
-    if not remote:
-        return {simulation.GATEWAY: 1}
-    if sum(wanted.values()) <= 0:
-        return {simulation.GATEWAY: 1, **{m: 1 for m in remote}}
-    return {simulation.GATEWAY: 1, **simulation.allocate(wanted, max(1, cores - 1))}
+    for m in models:
+        if m not in local:
+            demand.setdefault(m, 0.0)
+    if sum(demand.values()) <= 0:
+        return dict.fromkeys(demand, 1)
+    return simulation.allocate(demand, cores)
 
 
 def _deployment(
     local: frozenset[str], workers: dict[str, int], cores: int
 ) -> simulation.Deployment:
-    gateway = simulation.Proc(simulation.GATEWAY, 0, 1, local, gateway=True)
+    gateway = simulation.Proc(
+        simulation.GATEWAY, 0, workers[simulation.GATEWAY], local, gateway=True
+    )
     services = [
         simulation.Proc(m, 0, n, frozenset({m}))
         for m, n in workers.items()
@@ -370,8 +372,7 @@ def auto(
             placed[m] = ModelPlacement("dedicated", chosen.workers.get(m, 1), reason)
     notes.insert(0, f"{window}; simulated p99 {chosen.p99_ms:.1f} ms on {cores} core(s) "
                     f"(the best split: {best_p99:.1f} ms)")  # fmt: skip
-    notes.append("the gateway runs one worker, so that a live move can confirm each switch")
-    return Placement(placed, 1, "auto", tuple(notes))
+    return Placement(placed, chosen.workers[simulation.GATEWAY], "auto", tuple(notes))
 
 
 def resolve(

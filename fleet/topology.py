@@ -752,17 +752,13 @@ def move(
     gateway, waits until the gateway serves it there, then unroutes and stops the
     service once calls sent to it have finished; a dedicated model with another worker
     count is replaced by a service with that many (:func:`scale`). A model's challenger
-    follows it. The gateway keeps its own workers (a restart would drop requests).
+    follows it. The gateway keeps its own workers (a restart would drop requests); each
+    of them loads a shared model on its own, and one that has not finished when the
+    model's service is unrouted waits for it (``bentos/gateway/service.py``).
     """
     from fleet.bento_store import import_challenger
 
     with serving_lock(settings):
-        workers = int(_running_gateway(settings).meta.get("workers", 1))
-        if workers != 1:
-            raise processes.ProcessError(
-                f"the gateway runs {workers} workers, and a move can confirm a switch with "
-                "one only; `fleet stop`, then `fleet serve --placement ...`"
-            )
         served = served_models(settings)
         unknown = [m for m in target.models if m not in served]
         if unknown:
@@ -792,9 +788,14 @@ def move(
                 _update(settings, {}, timeout, grace, {name: shadow})
         gateway = _running_gateway(settings)
         processes.write_pid_file(settings, replace(gateway, topology=_now_topology(settings)))
+        gateway_workers = int(gateway.meta.get("workers", 1))
+        if target.gateway_workers != gateway_workers:
+            steps.append(
+                f"gateway: keeps its {gateway_workers} worker(s) (the plan asks for "
+                f"{target.gateway_workers}; that takes `fleet stop` and `fleet serve`)"
+            )
         current = placement.read_state(settings)
         kept = {m: p for m, p in (current.models if current else {}).items() if m in served}
-        gateway_workers = int(gateway.meta.get("workers", 1))
         moved = Placement({**kept, **target.models}, gateway_workers, target.source, target.notes)
         placement.write_state(settings, replace(moved, models=placement.ordered(moved.models)))
     return steps

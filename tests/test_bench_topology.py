@@ -160,3 +160,31 @@ def test_a_gateway_answer_with_any_model_error_is_an_error() -> None:
     assert check_answer(200, ok, ["results"], ["errors"]) is None
     assert "with 'errors'" in check_answer(200, partial, ["results"], ["errors"])
     assert check_answer(200, partial, ["results"]) is None  # without forbid: as before
+
+
+def test_requests_per_core_decide_the_hybrid_target() -> None:
+    def level(c: int, rps: float, cores: float) -> dict:
+        return {"concurrency": c, "req_per_s": rps, "cores_used": cores}
+
+    measured = {
+        "micro": [level(1, 40, 1.0), level(8, 90, 2.0)],
+        "mono": [level(1, 60, 1.0), level(8, 100, 2.0)],
+        "hybrid": [level(1, 70, 1.0), level(8, 96, 2.0)],
+    }
+    out = bt.per_core(measured)
+    assert [r["hybrid_met"] for r in out["rows"]] == [True, False]  # 48 < 50 at 8 clients
+    assert out["rows"][1] == {"concurrency": 8, "micro": 45.0, "mono": 50.0, "hybrid": 48.0,
+                              "hybrid_met": False}  # fmt: skip
+    assert out["met"] is False
+    assert bt.per_core({k: v for k, v in measured.items() if k != "hybrid"})["met"] is None
+
+
+def test_the_hybrid_row_is_autos_plan_or_else_the_busiest_model_dedicated() -> None:
+    from tests.test_placement import COSTS as costs
+
+    skewed = bt.profiles("flight_delay")["skewed"]
+    chosen, plan = bt.hybrid_plan(costs, skewed, rate=100.0, cores=2, total_workers=6)
+    # with the measured costs one process wins: measured instead is the design's plan
+    assert chosen.topology == "mono" and chosen.source == "auto, 100 req/s"
+    assert plan.topology == "hybrid" and plan.dedicated == {"flight_delay": 2}
+    assert plan.gateway_workers == 4  # the same six workers in all

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -497,11 +498,12 @@ def test_serve_mono_end_to_end(trained: Settings) -> None:
 
 HYBRID_DAY = datetime(2013, 6, 5, tzinfo=UTC)  # a day of its own in the log
 FLIGHT_MODELS = ("flight_delay", "arrival_delay")
-OTHERS = [m for m in MODELS if m not in FLIGHT_MODELS]
 
 
 def _plan_file(path: Path, dedicated: str, workers: int) -> Path:
-    lines = ["models:"] + [
+    # two gateway workers: each loads a shared model on its own, and a move must wait
+    # for both before the service it leaves stops
+    lines = ["gateway_workers: 2", "models:"] + [
         f"  {m}: {{placement: dedicated, workers: {workers}}}"
         if m == dedicated
         else f"  {m}: shared"
@@ -593,11 +595,16 @@ def test_a_hybrid_placement_scales_and_moves_under_load(trained: Settings, tmp_p
             log.dispose()
         print(f"\nhybrid: {len(answered)} requests across a scale and a move, all logged")
 
+        # the plan for that traffic, with a reason per model; a dry run moves nothing
         plan = invoke("serve", "--placement", "auto", "--dry-run")
         assert plan.exit_code == 0, plan.output
-        assert "placement (auto)" in plan.flat and "calls/s" in plan.flat
-        for model in OTHERS:  # not called by the load, but by the single request above
-            assert f"{model}: shared" in plan.flat
+        assert "placement (auto)" in plan.flat
+        counted = re.search(r"(\d+) requests in \d+ s of logged traffic", plan.flat)
+        assert counted and int(counted[1]) >= len(answered) + 1, plan.flat  # the load at least
+        for model in MODELS:
+            assert re.search(rf"{model}: (shared|dedicated, \d+ worker\(s\)) \(", plan.flat)
+        assert json.loads(placement.state_file(trained).read_text()) == state
+        assert set(json.loads(invoke("status", "--json").output)) == {"arrival_delay", "gateway"}
     finally:
         stopped = invoke("stop")
     assert stopped.exit_code == 0, stopped.output

@@ -60,7 +60,9 @@ from bench.topology.model import (
     advice,
     findings,
     fit_calibration,
+    hybrid_plan,
     observation,
+    per_core,
     relative_error,
     sweep,
     validate,
@@ -156,15 +158,28 @@ def run_topology_bench(
     direct: dict[str, Observation] = {}
     by_mode: dict[str, dict[str, Observation]] = {"micro": {}, "mono": {}}
     profile_points: list[Point] = []
+
+    def warmed_up(fleet: Any) -> str:
+        """The gateway's URL, once the first requests, which pay for lazy imports and
+        caches in every worker, are in (not measured) and the idle CPU is known."""
+        gw = f"{fleet.gateway_url}/predict"
+        warm = mixed_bodies({"flight": 1, "review_sentiment": 1}, records)
+        count = min(20 * mono_gw, max(10, requests))
+        fleet.run("warm-up", "gateway", gw, warm, 4, count, 0, time_bound_s, **ok_gateway)
+        fleet.measure_idle()
+        return gw
+
+    def measured_row(point: Point) -> dict[str, Any]:
+        return {
+            **asdict(point.level),
+            "cores_used": round(point.cores_used, 3),
+            "cpu_ms_per_request": point.summary()["cpu_ms_per_request"],
+        }
+
     for topology in TOPOLOGIES:
         say(f"starting {topology} (logs under {scratch.serving_dir / 'logs'})")
         with serving(scratch, topology, tags) as fleet:
-            gw = f"{fleet.gateway_url}/predict"
-            # first requests pay for lazy imports and caches in every worker: not measured
-            warm = mixed_bodies({"flight": 1, "review_sentiment": 1}, records)
-            count = min(20 * mono_gw, max(10, requests))
-            fleet.run("warm-up", "gateway", gw, warm, 4, count, 0, time_bound_s, **ok_gateway)
-            fleet.measure_idle()
+            gw = warmed_up(fleet)
 
             def pair(
                 target: str, url: str, bodies: list[Any], check: dict[str, list[str]], label: str
@@ -218,11 +233,7 @@ def run_topology_bench(
                     )
                     profile_points.append(point)
                     bench.measured.setdefault(profile, {}).setdefault(topology, []).append(
-                        {
-                            **asdict(point.level),
-                            "cores_used": round(point.cores_used, 3),
-                            "cpu_ms_per_request": point.summary()["cpu_ms_per_request"],
-                        }
+                        measured_row(point)
                     )
             bench.memory[topology] = fleet.memory()
 
@@ -242,6 +253,23 @@ def run_topology_bench(
     scaling = sweep(cal, mixes, cores, machines, sim_requests)
     bench.simulation["scaling"] = scaling
     bench.simulation["findings"] = findings(scaling, p99_budget_ms)
+    if "skewed" in mixes:
+        top_mono = max(lv["req_per_s"] for lv in bench.measured["skewed"]["mono"])
+        chosen, hybrid = hybrid_plan(cal, mixes["skewed"], top_mono, cores, mono_gw)
+        say("\n".join(chosen.lines()))
+        bench.hybrid = {"auto": chosen.as_dict(), "plan": hybrid.as_dict()}
+        if hybrid.topology == "hybrid":
+            say("measuring " + hybrid.lines()[0])
+            with serving(scratch, hybrid, tags) as fleet:
+                gw = warmed_up(fleet)
+                bodies = mixed_bodies(mixes["skewed"], records)
+                for level in levels:
+                    say(f"hybrid, skewed: {level} client(s), {requests} requests")
+                    point = fleet.run("skewed", "gateway", gw, bodies, level, requests, warmup,
+                                      time_bound_s, **ok_gateway)  # fmt: skip
+                    bench.measured["skewed"].setdefault("hybrid", []).append(measured_row(point))
+                bench.memory["hybrid"] = fleet.memory()
+        bench.hybrid["per_core"] = per_core(bench.measured["skewed"])
     say("ranking consolidation layouts per profile")
     bench.simulation["advice"] = advice(
         cal, mixes, cores, advice_machines, p99_budget_ms, sim_requests
@@ -267,7 +295,8 @@ def run_topology_bench(
 
 
 __all__ = [
-    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "mixed_bodies",
-    "profiles", "relative_error", "request_classes", "run_topology_bench",
+    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "hybrid_plan",
+    "mixed_bodies", "per_core", "profiles", "relative_error", "request_classes",
+    "run_topology_bench",
     "write_docs_section",
 ]  # fmt: skip

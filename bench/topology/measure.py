@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import resource
 import signal
 import time
@@ -197,12 +196,13 @@ def worker_counts() -> tuple[dict[str, int], int, int]:
 
 @contextlib.contextmanager
 def serving(
-    scratch: Settings, topology: str, tags: dict[str, str], timeout: float = 180.0
+    scratch: Settings, topology: str | Any, tags: dict[str, str], timeout: float = 180.0
 ) -> Iterator[Fleet]:
-    """Start ``topology`` (``fleet.topology`` plan) on free ports; stop it on any exit."""
+    """Start ``topology`` (micro, mono with the same workers in all as micro, or a
+    ``fleet.placement.Placement``) on free ports; stop it on any exit."""
     from dataclasses import replace
 
-    from fleet import processes
+    from fleet import placement, processes
     from fleet import topology as topo
 
     host = scratch.serve_host
@@ -213,19 +213,16 @@ def serving(
             "model_port_base": _consecutive_free_ports(host, len(catalog_models())),
         }
     )
-    plan = topo.plan(ports, topology, list(catalog_models()), tags)  # type: ignore[arg-type]
+    models = list(catalog_models())
     if topology == "mono":
         _, _, mono_workers = worker_counts()
-        override = json.dumps({"services": {topo.GATEWAY: {"workers": mono_workers}}})
-        plan = replace(
-            plan,
-            launches=[
-                replace(la, env={**la.env, "BENTOML_CONFIG_OVERRIDES": override})
-                if la.name == topo.GATEWAY
-                else la
-                for la in plan.launches
-            ],
-        )
+        placed = replace(placement.mono(models), gateway_workers=mono_workers)
+    elif topology == "micro":
+        placed = placement.micro(models)
+    else:
+        placed = topology
+    plan = topo.plan(ports, placed, models, tags)
+    name = topology if isinstance(topology, str) else placed.topology
     started: list[Any] = []
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -235,7 +232,7 @@ def serving(
     try:
         # no supervisor: a benchmark stops what it measured, nothing restarts it
         started = topo.start_plan(ports, plan, timeout=timeout, supervise=False)
-        yield Fleet(topology, started)
+        yield Fleet(name, started)
     finally:
         for running in reversed(started):
             processes.stop(ports, running, grace=10)
@@ -243,13 +240,15 @@ def serving(
 
 
 def predict_cpu_s(spec: Any, model: Any, records: list[dict[str, Any]], n: int) -> float:
-    """Mean CPU seconds of ``to_frame`` + ``predict`` of one record, one thread."""
-    from fleet import serving, training
+    """Mean CPU seconds of one record through the path a service answers by
+    (``fleet.fastpath``, checked against the pipeline on these records), one thread."""
+    from fleet import fastpath, training
 
+    predictor = fastpath.predictor(spec, model, records[:50])
     with training.limit_threads(1):
         for record in records[:20]:  # warm caches and lazy imports
-            serving.predict(spec, model, serving.to_frame(spec, [record]))
+            predictor.predict_records([record])
         t0 = time.process_time()
         for i in range(n):
-            serving.predict(spec, model, serving.to_frame(spec, [records[i % len(records)]]))
+            predictor.predict_records([records[i % len(records)]])
         return (time.process_time() - t0) / n

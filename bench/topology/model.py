@@ -317,3 +317,65 @@ def advice(
         for (profile, n), job in jobs.items():
             out.setdefault(profile, {})[str(n)] = job.result()
         return out
+
+
+# --- the hybrid plan and its check (pure) ------------------------------------------------
+
+
+def hybrid_plan(
+    calibration: sim.Calibration,
+    mix: Mapping[str, float],
+    rate: float,
+    cores: int,
+    total_workers: int,
+) -> tuple[Any, Any]:
+    """What ``fleet serve --placement auto`` chooses for traffic of ``mix`` at ``rate``
+    requests/s on ``cores``, and the hybrid plan to measure: auto's own if it is one,
+    else the design's (the mix's busiest model on a service of its own with its spec's
+    workers, the rest in the gateway). Both get the same Python workers in all as micro
+    and mono: the gateway gets what the dedicated models leave."""
+    from dataclasses import replace
+    from datetime import UTC, datetime, timedelta
+
+    from fleet import placement
+
+    classes = request_classes()
+    shares = sim.normalise(mix)
+    counts = {classes[kind].models: max(1, round(1000 * s)) for kind, s in shares.items()}
+    start = datetime(2013, 1, 1, tzinfo=UTC)
+    n = sum(counts.values())
+    traffic = placement.Traffic(start, start + timedelta(seconds=n / rate), n, counts)
+    models = list(catalog_models())
+    chosen = placement.auto(models, traffic, calibration, cores)
+    chosen = replace(chosen, source=f"auto, {rate:.0f} req/s")
+    if chosen.topology == "hybrid":
+        plan = chosen
+    else:
+        calls = traffic.model_rates()
+        hot = max(models, key=lambda m: calls.get(m, 0.0))
+        workers = catalog_models()[hot].serving.workers
+        placed = {m: placement.ModelPlacement("shared") for m in models}
+        placed[hot] = placement.ModelPlacement("dedicated", workers, "the busiest model")
+        plan = placement.Placement(placed, source="the design: the busiest model dedicated")
+    left = max(1, total_workers - sum(plan.dedicated.values()))
+    return chosen, replace(plan, gateway_workers=left)
+
+
+def per_core(measured: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Requests per busy core of each measured topology per client level, and whether
+    hybrid serves at least as many as the better of micro and mono at every level."""
+    rows = []
+    by_level: dict[int, dict[str, float]] = {}
+    for topology, levels in measured.items():
+        for lv in levels:
+            cores = lv["cores_used"]
+            value = lv["req_per_s"] / cores if cores > 0 else 0.0
+            by_level.setdefault(lv["concurrency"], {})[topology] = round(value, 1)
+    met = None
+    for level, values in sorted(by_level.items()):
+        best = max(values.get("micro", 0.0), values.get("mono", 0.0))
+        ok = values["hybrid"] >= best if "hybrid" in values else None
+        rows.append({"concurrency": level, **values, "hybrid_met": ok})
+        if ok is not None:
+            met = ok if met is None else met and ok
+    return {"rows": rows, "met": met}

@@ -25,6 +25,7 @@ class TopologyBench:
     memory: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)
+    hybrid: dict[str, Any] = field(default_factory=dict)  # the plan auto chose, skewed mix
     plots: list[str] = field(default_factory=list)
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -38,6 +39,59 @@ class TopologyBench:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3f}"
+
+
+def _plan_lines(plan: dict[str, Any]) -> list[str]:
+    return [
+        f"- {m}: {p['kind']}"
+        + (f", {p['workers']} worker(s)" if p["kind"] == "dedicated" else "")
+        + (f" ({p['reason']})" if p["reason"] else "")
+        for m, p in plan["models"].items()
+    ]
+
+
+def _hybrid_lines(hybrid: dict[str, Any]) -> list[str]:
+    """The plan `auto` chose for the skewed mix, the hybrid plan measured, and requests
+    per core against the two extreme plans."""
+    if not hybrid:
+        return []
+    chosen, plan = hybrid["auto"], hybrid["plan"]
+    out = [
+        "",
+        "### The hybrid plan (skewed mix)",
+        "",
+        f"`fleet serve --placement auto` for the skewed mix at the rate mono carried at most "
+        f"({chosen['source']}), from this run's calibration: **{chosen['topology']}**.",
+        "",
+        *_plan_lines(chosen),
+        *(f"- note: {n}" for n in chosen["notes"]),
+    ]
+    if chosen["topology"] != "hybrid":
+        out += [
+            "",
+            f"`auto` chose {chosen['topology']} itself. Measured instead, to test that "
+            f"choice: {plan['source']}, gateway {plan['gateway_workers']} worker(s) (what "
+            "the dedicated model leaves of the same total).",
+            "",
+            *_plan_lines(plan),
+        ]
+    rows = hybrid.get("per_core", {}).get("rows", [])
+    if rows:
+        out += [
+            "",
+            "Requests per busy core (services and load generator), skewed mix:",
+            "",
+            "| clients | micro | mono | hybrid | hybrid >= the better of the two |",
+            "| ---: | ---: | ---: | ---: | --- |",
+            *(
+                f"| {r['concurrency']} | {r.get('micro', '-')} | {r.get('mono', '-')} | "
+                f"{r.get('hybrid', '-')} | "
+                + {True: "met", False: "**MISSED**", None: "-"}[r["hybrid_met"]]
+                + " |"
+                for r in rows
+            ),
+        ]
+    return out
 
 
 def markdown(bench: TopologyBench, plots_rel: str) -> str:
@@ -94,6 +148,7 @@ def markdown(bench: TopologyBench, plots_rel: str) -> str:
             )
         total = {k: sum(c[k] for c in comps.values()) for k in ("rss_mb", "pss_mb")}
         lines.append(f"| {topo} | **all** | | {total['rss_mb']:.0f} | {total['pss_mb']:.0f} |")
+    lines += _hybrid_lines(bench.hybrid)
     if cal:
         lines += [
             "",
@@ -294,7 +349,7 @@ def plot(bench: TopologyBench, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    colours = {"micro": "tab:blue", "mono": "tab:orange"}
+    colours = {"micro": "tab:blue", "mono": "tab:orange", "hybrid": "tab:green"}
     if bench.measured:
         fig, axes = plt.subplots(
             2, len(bench.measured), figsize=(4 * len(bench.measured), 6), squeeze=False

@@ -168,8 +168,8 @@ class Service:
         """Predictions of every model the request needs; per-model errors for the rest."""
         received = routing.utcnow()
         start = time.perf_counter()
-        self._refresh_backends()
         self._refresh_tags()
+        self._refresh_backends()
         event_time = request.get("event_time")
         meta = routing.RequestMeta(
             request.get("request_id") or routing.new_request_id(),
@@ -214,8 +214,8 @@ class Service:
     @info_app.get("/metadata")
     def metadata(self) -> dict[str, Any]:
         """Topology, backends and result store of this gateway."""
-        self._refresh_backends()
         self._refresh_tags()
+        self._refresh_backends()
         return {
             "service": "gateway",
             "mode": self.mode,
@@ -291,6 +291,13 @@ class Service:
         for key, url in routes.items():
             if self._urls_seen.get(key) != url:  # a moved entry; the others stay put
                 self._set_url(key, url)
+        for key in [k for k in self._urls_seen if k not in routes]:
+            model, challenger = routing.parse_route(key)
+            if not challenger and isinstance(self.backends.get(model), backends.HttpBackend):
+                # unrouted while its in-process copy may still be loading in this worker
+                # (each gateway worker loads on its own): wait for it, as the service
+                # it was routed to is about to stop
+                self._refresh_tags(wait=True)
         self._drop_challengers(self._urls_seen, routes)
         self._urls_seen = routes
         self._backends_stamp = stamp
@@ -321,12 +328,21 @@ class Service:
         )  # fmt: skip
 
     def _refresh_tags(self, wait: bool = False) -> None:
-        """mono: load the models whose tag changed in the tags file, off the request path.
+        """Load the models whose tag changed in the tags file, off the request path
+        (``wait``: on it, until loaded).
 
         Requests keep the loaded version until the new one is in; a tag that fails to
         load is logged and retried when the file changes again.
         """
         if self.tags_file is None:
+            return
+        if wait:  # until the file's current content is loaded, a load in progress first
+            with self._tags_lock:
+                if self._loading is not None:
+                    self._loading.join()
+                self._start_loading()
+            if self._loading is not None:
+                self._loading.join()
             return
         # /metadata (a thread) and /predict (the event loop) both call this
         if not self._tags_lock.acquire(blocking=False):
@@ -336,8 +352,6 @@ class Service:
                 self._start_loading()
         finally:
             self._tags_lock.release()
-        if wait and self._loading is not None:
-            self._loading.join()
 
     def _start_loading(self) -> None:
         assert self.tags_file is not None
