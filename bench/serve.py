@@ -132,7 +132,7 @@ class ServeBench:
             out.append(
                 {
                     "target": f"model service req/s >= {TARGET_RATIO_VS_MLFLOW}x mlflow serve "
-                    f"at concurrency {at}" + (" (wrk)" if under_wrk else " (httpx client)"),
+                    f"at concurrency {at}" + (" (wrk)" if under_wrk else " (aiohttp client)"),
                     "value": ratio,
                     "limit": TARGET_RATIO_VS_MLFLOW,
                     "met": None if ratio is None else ratio >= TARGET_RATIO_VS_MLFLOW,
@@ -228,7 +228,7 @@ class ServeBench:
             f"{self.warmup} warm-up requests; {self.records} distinct real records from the "
             f"lake, cycled. Model service and mlflow serve run {self.workers} worker(s) each, "
             "one OpenMP thread per worker. HTTP load from a separate closed-loop process "
-            "(httpx); in-process is one thread answering one record at a time by each path of "
+            "(aiohttp); in-process is one thread answering one record at a time by each path of "
             f"fleet.fastpath (the limit, concurrency 1 only); the services use "
             f"`{self.served_path}`. An answer counts as ok only if it carries a prediction.",
             "",
@@ -259,7 +259,7 @@ class ServeBench:
             f"Machine: {m.get('cpus')} CPUs ({m.get('cpu_model')}), load average "
             f"{m.get('loadavg_before')} before the run, Python {m.get('python')}, "
             f"bentoml {m.get('bentoml')}, mlflow {m.get('mlflow')}, scikit-learn "
-            f"{m.get('scikit-learn')}, pandas {m.get('pandas')}, httpx {m.get('httpx')}; "
+            f"{m.get('scikit-learn')}, pandas {m.get('pandas')}, aiohttp {m.get('aiohttp')}; "
             f"run {m.get('when')}.",
         ]
         return "\n".join(lines)
@@ -280,7 +280,7 @@ def machine_facts() -> dict[str, str]:
         "python": platform.python_version(),
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    for dist in ("bentoml", "mlflow", "scikit-learn", "pandas", "httpx"):
+    for dist in ("bentoml", "mlflow", "scikit-learn", "pandas", "aiohttp"):
         facts[dist] = dist_version(dist)
     return facts
 

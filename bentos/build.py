@@ -49,7 +49,7 @@ SERVICE_PACKAGES = (
     "pyyaml",
     "sqlalchemy",
     "psycopg[binary]",
-    "httpx",
+    "aiohttp",
     "psutil",
 )
 UV_GUARD = """#!/bin/sh

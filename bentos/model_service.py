@@ -233,6 +233,7 @@ def make_service(model_name: str) -> Any:
             self.served = ServedCounter(served_dir(settings, spec.name))
             self.log = predictions.PredictionLog(settings.predictions_db_url).create()
             self.recorder = predictions.PredictionRecorder(self.log)
+            serving.settle_heap()
 
         def _answer(
             self, records: list[Any], endpoint: str, ctx: bentoml.Context

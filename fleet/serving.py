@@ -7,6 +7,7 @@ and training, so a value the lake would quarantine is refused at the door too.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterable, Mapping
 from functools import cache
 from typing import TYPE_CHECKING, Any, Optional
@@ -195,3 +196,18 @@ def records_of(columns: list[Column], rows: pd.DataFrame) -> list[dict[str, Any]
         {col.name: _json_value(col, row[col.name]) for col in columns}
         for row in frame.to_dict(orient="records")
     ]
+
+
+def settle_heap(collect: bool = True) -> None:
+    """Take everything alive now (imports, loaded models) out of the cyclic collector's way.
+
+    A full collection walks every tracked object. In a worker that holds the fleet's
+    models that is about 370,000 objects and 160 ms on one core (more on a busy machine),
+    a pause every request in flight on that worker waits out: it was the long tail of
+    the gateway's latencies. Frozen objects are still freed by reference counting; a
+    replaced model leaves a few dozen objects in cycles, which stay. ``collect`` first
+    drops the garbage of start-up (not on a live reload, where it would be that pause).
+    """
+    if collect:
+        gc.collect()
+    gc.freeze()

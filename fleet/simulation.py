@@ -58,12 +58,20 @@ class Calibration:
     - ``server_s``: what a model service adds per call on top of the predict (HTTP
       server, request validation, answer);
     - ``call_s``: what the gateway spends per remote call (HTTP client, JSON);
+    - ``local_s``: what the gateway spends per in-process model call on top of the
+      predict (the hand-off to a thread, the prediction log row);
     - ``gateway_s``: the gateway's own work per request (validation, routing, combining,
       the result store), by mode: with remote calls (micro) or all in process (mono);
     - ``client_s``: the load generator per request (it shares the machine when measured);
     - ``hop_s``: one-way delay of a loopback HTTP hop that is not CPU of either side;
     - ``wait_s``: non-CPU wait per gateway request by mode (thread hand-offs, event loop
       wake-ups) that the CPU accounting does not show;
+    - ``wake_s``, ``wake_ramp_s``: extra CPU of a burst that finds its process asleep
+      (a serving process: gateway or model service), growing with how long it slept:
+      ``wake_s * min(1, slept / wake_ramp_s)``. Caches and the scheduler go cold while
+      a process sleeps: a model service measured here spends 2.4 ms of CPU per call
+      back to back and 5 ms after a 20 ms pause. A rarely called service pays it on
+      every call, a busy one almost never;
     - ``sigma``: spread of every burst (lognormal, this sigma, the burst's mean kept).
     """
 
@@ -75,6 +83,13 @@ class Calibration:
     hop_s: float
     wait_s: dict[str, float] = field(default_factory=lambda: {"micro": 0.0, "mono": 0.0})
     sigma: float = 0.3
+    wake_s: float = 0.0
+    wake_ramp_s: float = 0.02
+    local_s: float = 0.0
+
+    def local_cpu(self, model: str) -> float:
+        """CPU of one in-process call of ``model`` in the gateway."""
+        return self.local_s + self.predict_s[model]
 
     def model_call_cpu(self, model: str) -> float:
         """CPU of one remote call of ``model``: both sides of the hop and the predict."""
@@ -177,6 +192,7 @@ class _Model:
         classes: Mapping[str, RequestClass],
         seed: int,
         quantum_s: float | None,
+        spread: Mapping[str, Sequence[int]] | None = None,
     ) -> None:
         self.env = simpy.Environment()
         self.dep = deployment
@@ -191,8 +207,16 @@ class _Model:
             for p in deployment.procs
         }
         self.load = {p.name: [0] * p.workers for p in deployment.procs}
+        # measured connections per worker: keep-alive clients stay on the worker that
+        # accepted them, so a process's workers take requests in those shares
+        self.pinned = {
+            p.name: [w for w, n in enumerate(spread[p.name][: p.workers]) for _ in range(n)]
+            for p in deployment.procs
+            if spread and sum(spread.get(p.name, ())) > 0
+        }
         self.outstanding = {p.name: 0 for p in deployment.procs}
         self.busy = {p.name: 0.0 for p in deployment.procs}
+        self.last_ran: dict[tuple[str, int], float] = {}  # (process, worker) -> clock
         self.busy[CLIENT] = 0.0
         self.client = (
             simpy.Resource(self.env, capacity=1) if deployment.client_machine is not None else None
@@ -231,13 +255,19 @@ class _Model:
             yield self.env.timeout(self.rng.expovariate(rate))
             self.env.process(self._run_on(machine, BACKGROUND_SLICE_S))
 
-    def enter(self, proc: Proc) -> int:
-        """The worker of ``proc`` a request lands on: the least busy (random among ties)."""
+    def enter(self, proc: Proc, client: int | None = None) -> int:
+        """The worker of ``proc`` a request lands on: by the measured connections if given
+        (client ``k`` on the ``k``-th connection, other callers on a random one), else
+        the least busy (random among ties)."""
         self.outstanding[proc.name] += 1
         load = self.load[proc.name]
-        best = min(load)
-        tied = [i for i, n in enumerate(load) if n == best]
-        worker = tied[0] if len(tied) == 1 else self.rng.choice(tied)
+        pinned = self.pinned.get(proc.name)
+        if pinned:
+            worker = pinned[client % len(pinned)] if client is not None else self.rng.choice(pinned)
+        else:
+            best = min(load)
+            tied = [i for i, n in enumerate(load) if n == best]
+            worker = tied[0] if len(tied) == 1 else self.rng.choice(tied)
         load[worker] += 1
         return worker
 
@@ -245,13 +275,26 @@ class _Model:
         self.outstanding[proc.name] -= 1
         self.load[proc.name][worker] -= 1
 
+    def woken(self, key: tuple[str, int]) -> float:
+        """Extra CPU of a burst on a process that has slept since it last ran."""
+        if self.cal.wake_s <= 0:
+            return 0.0
+        slept = self.env.now - self.last_ran.get(key, -math.inf)
+        return self.cal.wake_s * min(1.0, slept / max(self.cal.wake_ramp_s, 1e-9))
+
     def burst(self, proc: Proc, worker: int, mean: float):  # type: ignore[no-untyped-def]
-        seconds = self.demand(mean)
+        resource = self.workers[proc.name][worker]
+        key = (proc.name, worker)
+        # a model service's wake-ups only: the gateway's costs are calibrated at its own
+        # operating point, wake-ups included
+        asleep = not proc.gateway and resource.count == 0 and not resource.queue
+        seconds = self.demand(mean) + (self.woken(key) if asleep and mean > 0 else 0.0)
         if seconds <= 0:
             return
-        with self.workers[proc.name][worker].request() as slot:
+        with resource.request() as slot:
             yield slot
             yield from self._run_on(proc.machine, seconds)
+        self.last_ran[key] = self.env.now
         self.busy[proc.name] += seconds
 
     def client_burst(self, mean: float):
@@ -285,7 +328,7 @@ class _Model:
 
     def call(self, gateway: Proc, gw_worker: int, model: str):  # type: ignore[no-untyped-def]
         if model in gateway.models:
-            yield from self.burst(gateway, gw_worker, self.cal.predict_s[model])
+            yield from self.burst(gateway, gw_worker, self.cal.local_cpu(model))
             return
         if not self.hosts[model]:
             raise ValueError(f"no process serves {model}")
@@ -298,11 +341,11 @@ class _Model:
         self.leave(target, worker)
         yield from self.burst(gateway, gw_worker, self.cal.call_s / 2)
 
-    def request(self, cls: RequestClass):
+    def request(self, cls: RequestClass, client: int | None = None):
         start = self.env.now
         yield from self.client_burst(self.cal.client_s / 2)
         gateway = self.pick(self.gateways)
-        gw_worker = self.enter(gateway)
+        gw_worker = self.enter(gateway, client)
         yield from self.hop(self.dep.client_machine, gateway.machine)
         remote = any(m not in gateway.models for m in cls.models)
         mode: Mode = "micro" if remote else "mono"
@@ -364,28 +407,31 @@ def simulate_closed(
     warmup: int | None = None,
     seed: int = 1,
     quantum_s: float | None = None,
+    spread: Mapping[str, Sequence[int]] | None = None,
 ) -> SimResult:
     """``clients`` closed-loop clients sending ``requests`` in all (as ``bench.load``).
 
-    The first ``warmup`` completions (default: a tenth) are not measured.
+    The first ``warmup`` completions (default: a tenth) are not measured. ``spread``:
+    connections per worker by process name, as measured (``bench.topology``); without
+    it every request goes to its process's least busy worker.
     """
     if clients < 1 or requests < 1:
         raise ValueError("clients and requests must be at least 1")
     mix = normalise(mix)
-    model = _Model(deployment, calibration, classes, seed, quantum_s)
+    model = _Model(deployment, calibration, classes, seed, quantum_s, spread)
     names, weights = list(mix), list(mix.values())
     warm = requests // 10 if warmup is None else warmup
     remaining = [requests + warm]
     warm_end = [0.0]
 
-    def client():
+    def client(k: int):
         while remaining[0] > 0:
             remaining[0] -= 1
-            yield from model.request(model.choose(names, weights))
+            yield from model.request(model.choose(names, weights), k)
             if len(model.latencies) == warm:
                 warm_end[0] = model.env.now
 
-    done = [model.env.process(client()) for _ in range(clients)]
+    done = [model.env.process(client(k)) for k in range(clients)]
     model.env.run(until=simpy.AllOf(model.env, done))
     return model.result(warm_end[0], model.env.now, None)
 
@@ -475,7 +521,7 @@ def component_demand(
         remote = [m for m in cls.models if m not in local]
         mode: Mode = "micro" if remote else "mono"
         gw = calibration.gateway_s[mode] + len(remote) * calibration.call_s
-        gw += sum(calibration.predict_s[m] for m in cls.models if m in local)
+        gw += sum(calibration.local_cpu(m) for m in cls.models if m in local)
         demand[GATEWAY] += share * gw
         for m in remote:
             demand[m] = demand.get(m, 0.0) + share * (
@@ -565,7 +611,7 @@ def capacity(
             remote = [m for m in cls.models if m not in gw.models]
             mode: Mode = "micro" if remote else "mono"
             cost = calibration.gateway_s[mode] + len(remote) * calibration.call_s
-            cost += sum(calibration.predict_s[m] for m in cls.models if m in gw.models)
+            cost += sum(calibration.local_cpu(m) for m in cls.models if m in gw.models)
             per_proc[gw.name] += weight * cost
             per_machine[gw.machine] += weight * cost
             for m in remote:

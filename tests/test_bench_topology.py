@@ -62,33 +62,43 @@ def test_fit_recovers_the_costs_that_produced_the_observations() -> None:
         hop_s=0.0003,
         wait_s={"micro": 0.001, "mono": 0.0},
         sigma=0.25,
+        local_s=0.0004,
     )
     classes = bt.request_classes()
     p99 = 2.0  # latency spread p99 / p50 at one client
+
+    def seen(cpu: float, latency: float, p99_s: float) -> bt.Observation:
+        # no wake-up cost in this truth: one client costs what a busy level does
+        return bt.Observation(cpu, truth.client_s, cpu, truth.client_s, latency, p99_s)
+
     direct = {}
     for m, pred in truth.predict_s.items():
         cpu = truth.server_s + pred
         lat = truth.client_s + cpu + 2 * truth.hop_s
-        direct[m] = bt.Observation(cpu, truth.client_s, lat, lat * p99)
+        direct[m] = seen(cpu, lat, lat * p99)
     micro, mono = {}, {}
     for kind, cls in classes.items():
         n = len(cls.models)
         gw = truth.gateway_s["micro"] + n * truth.call_s
-        slowest = max(
-            truth.call_s + 2 * truth.hop_s + truth.server_s + truth.predict_s[m] for m in cls.models
-        )
-        lat = truth.client_s + 2 * truth.hop_s + truth.gateway_s["micro"] + slowest
-        micro[kind] = bt.Observation(gw, truth.client_s, lat + truth.wait_s["micro"], lat)
-        work = truth.gateway_s["mono"] + sum(truth.predict_s[m] for m in cls.models)
-        mono[kind] = bt.Observation(
-            work, truth.client_s, truth.client_s + 2 * truth.hop_s + work, 0
-        )
+        slowest = max(2 * truth.hop_s + truth.server_s + truth.predict_s[m] for m in cls.models)
+        lat = truth.client_s + 2 * truth.hop_s + gw + slowest
+        micro[kind] = seen(gw, lat + truth.wait_s["micro"], lat)
+        work = truth.gateway_s["mono"] + sum(truth.local_cpu(m) for m in cls.models)
+        mono[kind] = seen(work, truth.client_s + 2 * truth.hop_s + work, 0)
     fitted = bt.fit_calibration(truth.predict_s, direct, micro, mono, classes)
-    for name in ("server_s", "call_s", "client_s", "hop_s"):
+    for name in ("server_s", "call_s", "client_s", "hop_s", "local_s"):
         assert getattr(fitted, name) == pytest.approx(getattr(truth, name), abs=1e-9), name
     assert fitted.gateway_s == pytest.approx(truth.gateway_s)
     assert fitted.wait_s == pytest.approx(truth.wait_s, abs=1e-9)
     assert fitted.sigma == pytest.approx(0.298, abs=0.001)  # ln(2) / 2.326
+
+
+def test_the_wake_up_fit_recovers_its_cost_and_ramp() -> None:
+    base, wake, ramp = 0.0024, 0.0026, 0.02
+    pauses = (0.0, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+    curve = [(p, base + wake * min(1.0, p / ramp)) for p in pauses]
+    assert bt.fit_wake(curve) == pytest.approx((wake, ramp))
+    assert bt.fit_wake([(0.0, 0.003), (0.1, 0.0029)]) == (0.0, 0.02)  # no dearer after a pause
 
 
 def test_validation_error_is_relative() -> None:

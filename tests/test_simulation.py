@@ -184,3 +184,31 @@ def test_best_layout_follows_the_price_of_a_hop() -> None:
     assert ranked[-1].capacity < ranked[0].capacity
     with pytest.raises(ValueError, match="mix"):
         sim.normalise({"a": 0})
+
+
+def test_a_service_called_rarely_pays_its_wake_up_on_every_call() -> None:
+    dep = sim.measured_deployment("micro", {"a": 1, "b": 1, "r": 1}, 1, cores=2, with_client=False)
+    cal = bare({"a": 0.001, "b": 0.001, "r": 0.001}, server_s=0.001, wake_s=0.002,
+               wake_ramp_s=0.02)  # fmt: skip
+    mix = {"a": 0.96, "b": 0.02, "r": 0.02}
+    res = sim.simulate_open(dep, cal, FLEET, mix, rate=100.0, requests=6000, seed=2)
+    busy = {name: res.utilization[name] * res.duration_s for name in ("a", "b")}
+    calls = {"a": 0.96 * 6000, "b": 0.02 * 6000}
+    per_call = {name: busy[name] / calls[name] for name in busy}
+    # a: a call every ~10 ms, half the ramp: about half the wake-up; b: ~0.5 s apart, all
+    assert per_call["b"] == pytest.approx(0.002 + 0.002, rel=0.08)
+    assert 0.0025 < per_call["a"] < 0.0035
+    # the gateway is not charged: its costs are calibrated at its operating point
+    assert res.utilization["gateway"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_measured_connections_pin_closed_loop_clients_to_workers() -> None:
+    dep = single_server(workers=4, cores=4)
+    cal = bare({"m": 0.004}, sigma=0.2)
+    even = sim.simulate_closed(dep, cal, ONE, {"only": 1}, clients=4, requests=2000, seed=4)
+    piled = sim.simulate_closed(dep, cal, ONE, {"only": 1}, clients=4, requests=2000, seed=4,
+                                spread={"gateway": [3, 1]})  # fmt: skip
+    # balanced: each client has a worker of its own; 3 on one worker queue behind each other
+    assert even.throughput == pytest.approx(4 / 0.004, rel=0.05)
+    assert piled.throughput == pytest.approx(2 / 0.004, rel=0.05)  # both workers saturated
+    assert piled.per_class_p99_ms["only"] > 1.6 * even.per_class_p99_ms["only"]

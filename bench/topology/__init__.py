@@ -52,6 +52,7 @@ from bench.topology.config import (
     PLOTS_SUBDIR,
     RESULTS_DIR,
     TOPOLOGIES,
+    WAKE_PAUSES,
     Say,
 )
 from bench.topology.measure import Point, predict_cpu_s, serving, worker_counts
@@ -60,6 +61,7 @@ from bench.topology.model import (
     advice,
     findings,
     fit_calibration,
+    fit_wake,
     hybrid_plan,
     observation,
     per_core,
@@ -211,6 +213,14 @@ def run_topology_bench(
                         f"calibration:{name}",
                     )
                     direct[name] = observation(q, b, name)
+                probe = next(iter(catalog_models()))
+                say(f"calibration: {probe} service, CPU per call after pauses (wake-ups)")
+                rows = records[get_model(probe).dataset.record]
+                curve = fleet.wake_curve(
+                    probe, f"{fleet.running[probe].url}/predict", [{"record": r} for r in rows],
+                    WAKE_PAUSES, max(20, cal_n // 3),
+                )  # fmt: skip
+                bench.wake_curve = {"model": probe, "pause_cpu_s": curve}
             for kind in classes:
                 say(f"calibration: {kind} requests through the {topology} gateway")
                 bodies = [body(kind, records, i) for i in range(200)]
@@ -238,7 +248,8 @@ def run_topology_bench(
             bench.memory[topology] = fleet.memory()
 
     say("fitting the calibration; validating the simulator on the measured points")
-    cal = fit_calibration(predict_s, direct, by_mode["micro"], by_mode["mono"], classes)
+    wake = fit_wake(bench.wake_curve.get("pause_cpu_s", []))
+    cal = fit_calibration(predict_s, direct, by_mode["micro"], by_mode["mono"], classes, wake)
     bench.calibration = asdict(cal)
     bench.simulation = {
         "cores_per_machine": cores,
@@ -295,7 +306,7 @@ def run_topology_bench(
 
 
 __all__ = [
-    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "hybrid_plan",
+    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "fit_wake", "hybrid_plan",
     "mixed_bodies", "per_core", "profiles", "relative_error", "request_classes",
     "run_topology_bench",
     "write_docs_section",

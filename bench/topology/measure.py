@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import resource
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -53,6 +54,52 @@ def tree_memory(pid: int) -> dict[str, float]:
     return {"processes": procs, "rss_mb": round(rss / 2**20, 1), "pss_mb": round(pss / 2**20, 1)}
 
 
+def connections_per_worker(pid: int, port: int) -> list[int]:
+    """Established connections to ``port`` held by each process of the tree, most first.
+
+    BentoML's workers share one listening socket, and the worker that wakes first takes
+    every connection pending then, so keep-alive clients spread unevenly: 8 clients
+    were seen as 5, 2 and 1 on three of six workers.
+    """
+    import psutil
+
+    counts = []
+    for proc in _tree(pid):
+        with contextlib.suppress(psutil.Error):
+            conns = proc.net_connections(kind="tcp")
+            held = sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port for c in conns)
+            if held:
+                counts.append(held)
+    return sorted(counts, reverse=True)
+
+
+class _ConnectionSampler:
+    """Samples connections per worker of every component while a load runs; keeps, per
+    component, the sample with the most connections (all clients connected)."""
+
+    def __init__(self, targets: dict[str, tuple[int, int]], every_s: float = 0.2) -> None:
+        self.targets = targets  # component -> (pid, port)
+        self.every_s = every_s
+        self.best: dict[str, list[int]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for name, (pid, port) in self.targets.items():
+                counts = connections_per_worker(pid, port)
+                if sum(counts) > sum(self.best.get(name, [])):
+                    self.best[name] = counts
+
+    def __enter__(self) -> _ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @dataclass
 class Point:
     """One measured load run: what the load generator saw and what each part spent."""
@@ -65,6 +112,7 @@ class Point:
     cpu_s: dict[str, float]  # component -> CPU seconds over the run, idle subtracted
     client_cpu_s: float  # the load process, measured level only
     background_cores: float = 0.0  # cores busy with anything else on the machine meanwhile
+    connections: dict[str, list[int]] | None = None  # component -> per worker, most first
 
     @property
     def cores_used(self) -> float:
@@ -91,6 +139,7 @@ class Point:
             ),
             "cores_used": round(self.cores_used, 3),
             "background_cores": round(self.background_cores, 3),
+            "connections": self.connections or {},
         }
 
 
@@ -153,13 +202,44 @@ class Fleet:
         )
         before, t0 = self.cpu(), time.perf_counter()
         machine0, children0 = machine_busy(), _children_cpu()
-        (result,) = run_load_process(spec)
+        with _ConnectionSampler(self.ports()) as sampler:
+            (result,) = run_load_process(spec)
         after, wall = self.cpu(), time.perf_counter() - t0
         ours = sum(after.values()) - sum(before.values()) + _children_cpu() - children0
         background = max(0.0, (machine_busy() - machine0 - ours) / wall)
         cpu = {k: max(0.0, after[k] - before[k] - self.idle_rate.get(k, 0.0) * wall) for k in after}
         sent = result.requests + (warmup if warmup else 0)
-        return Point(self.topology, profile, target, result, sent, cpu, result.cpu_s, background)
+        return Point(self.topology, profile, target, result, sent, cpu, result.cpu_s, background,
+                     sampler.best)  # fmt: skip
+
+    def ports(self) -> dict[str, tuple[int, int]]:
+        from urllib.parse import urlsplit
+
+        return {name: (r.pid, urlsplit(r.url).port or 80) for name, r in self.running.items()}
+
+    def wake_curve(
+        self, target: str, url: str, bodies: list[Any], pauses: Sequence[float], calls: int
+    ) -> list[tuple[float, float]]:
+        """CPU per call of ``target`` (idle CPU subtracted) when each call follows a pause,
+        one client: ``(pause_s, cpu_s)`` per pause."""
+        import httpx
+
+        curve = []
+        with httpx.Client(headers=Settings().auth_headers(), timeout=10) as client:
+            for i in range(20):  # connect, warm
+                client.post(url, json=bodies[i % len(bodies)]).raise_for_status()
+            for pause in pauses:
+                n = calls if pause < 0.02 else max(10, calls // 4)
+                cpu0, t0 = tree_cpu(self.running[target].pid), time.perf_counter()
+                for i in range(n):
+                    client.post(url, json=bodies[i % len(bodies)]).raise_for_status()
+                    if pause:
+                        time.sleep(pause)
+                wall = time.perf_counter() - t0
+                cpu = tree_cpu(self.running[target].pid) - cpu0
+                cpu -= self.idle_rate.get(target, 0.0) * wall
+                curve.append((pause, max(0.0, cpu) / n))
+        return curve
 
 
 def machine_busy() -> float:

@@ -7,7 +7,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.topology.config import BEGIN, END, TARGET_VALIDATION_ERROR, TOPOLOGIES
+from bench.topology.config import (
+    BEGIN,
+    END,
+    TARGET_P99_ERROR,
+    TARGET_VALIDATION_ERROR,
+    TOPOLOGIES,
+)
 
 # --- the result -------------------------------------------------------------------------
 
@@ -22,6 +28,7 @@ class TopologyBench:
     predict_ms: dict[str, float] = field(default_factory=dict)
     measured: dict[str, dict[str, Any]] = field(default_factory=dict)
     calibration_runs: list[dict[str, Any]] = field(default_factory=list)
+    wake_curve: dict[str, Any] = field(default_factory=dict)  # CPU per call after pauses
     memory: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
     simulation: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +166,8 @@ def markdown(bench: TopologyBench, plots_rel: str) -> str:
             *(f"| predict in process: {m} | {_ms(v)} |" for m, v in cal["predict_s"].items()),
             f"| model service per call, on top of the predict | {_ms(cal['server_s'])} |",
             f"| gateway per remote call (HTTP client) | {_ms(cal['call_s'])} |",
+            f"| gateway per in-process model call, on top of the predict | "
+            f"{_ms(cal.get('local_s', 0.0))} |",
             f"| gateway per request, micro | {_ms(cal['gateway_s']['micro'])} |",
             f"| gateway per request, mono | {_ms(cal['gateway_s']['mono'])} |",
             f"| load generator per request | {_ms(cal['client_s'])} |",
@@ -166,7 +175,18 @@ def markdown(bench: TopologyBench, plots_rel: str) -> str:
             f"| other wait per request, micro / mono | {_ms(cal['wait_s']['micro'])} / "
             f"{_ms(cal['wait_s']['mono'])} |",
             f"| burst spread (lognormal sigma) | {cal['sigma']:.2f} |",
+            f"| model service wake-up: extra CPU after a pause of "
+            f"{cal.get('wake_ramp_s', 0.0) * 1000:g} ms or more | {_ms(cal.get('wake_s', 0.0))} |",
         ]
+        curve = bench.wake_curve.get("pause_cpu_s")
+        if curve:
+            lines += [
+                "",
+                f"CPU per call of the {bench.wake_curve['model']} service, one client, after "
+                "a pause before each call (ms): "
+                + ", ".join(f"{pause * 1000:g} ms pause: {cpu * 1000:.2f}" for pause, cpu in curve)
+                + ".",
+            ]
     if val:
         lines += [
             "",
@@ -175,8 +195,10 @@ def markdown(bench: TopologyBench, plots_rel: str) -> str:
             f"Validation error (mean relative error of throughput and p50 over "
             f"{len(val['points'])} points): **{val['validation_error']:.1%}** (target <= "
             f"{TARGET_VALIDATION_ERROR:.0%}: {'met' if val['met'] else '**MISSED**'}); "
-            f"throughput {val['throughput_error']:.1%}, p50 {val['p50_error']:.1%}, p99 "
-            f"{val['p99_error']:.1%}, worst single figure {val['max_error']:.1%}.",
+            f"throughput {val['throughput_error']:.1%}, p50 {val['p50_error']:.1%}, worst "
+            f"single figure {val['max_error']:.1%}. p99: mean error {val['p99_error']:.1%} "
+            f"(target <= {TARGET_P99_ERROR:.0%}: "
+            f"{'met' if val.get('p99_met') else '**MISSED**'}).",
             "",
             "| profile | topology | clients | req/s meas. / sim. | p50 ms meas. / sim. | "
             "p99 ms meas. / sim. |",
@@ -395,10 +417,15 @@ def plot(bench: TopologyBench, out: Path) -> list[Path]:
                 )
             hi = max(max(r["measured"][key], r["simulated"][key]) for r in val["points"]) * 1.1
             ax.plot([0, hi], [0, hi], "k-", lw=0.8)
-            ax.fill_between([0, hi], [0, hi * 0.85], [0, hi * 1.15], color="grey", alpha=0.2)
+            band = TARGET_VALIDATION_ERROR
+            ax.fill_between([0, hi], [0, hi * (1 - band)], [0, hi * (1 + band)], color="grey",
+                            alpha=0.2)  # fmt: skip
             ax.set_xlabel(f"measured {label}")
             ax.set_ylabel(f"simulated {label}")
-        axes[0].set_title(f"validation: mean error {val['validation_error']:.1%} (band: 15 %)")
+        axes[0].set_title(
+            f"validation: mean error {val['validation_error']:.1%} "
+            f"(band: {TARGET_VALIDATION_ERROR:.0%})"
+        )
         fig.tight_layout()
         paths.append(out / "validation.png")
         fig.savefig(paths[-1], dpi=90)

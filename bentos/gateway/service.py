@@ -51,7 +51,7 @@ from bentoml.exceptions import InvalidArgument
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from fleet import backends, fastpath, predictions, routing
+from fleet import backends, fastpath, predictions, routing, serving
 from fleet.catalog import get_model
 from fleet.guard import Guard
 from fleet.results import ResultStore, ResultWriter
@@ -154,6 +154,7 @@ class Service:
         self._champions: dict[str, tuple[float, bool | None]] = {}
         logger.info("gateway (%s) for %s; results in %s", self.mode, list(self.backends),
                     self.store.display_url)  # fmt: skip
+        serving.settle_heap()
 
     @property
     def mode(self) -> str:
@@ -381,6 +382,7 @@ class Service:
                     self._tags_seen.pop(key, None)  # tried again at the file's next change
                     logger.error("cannot load %s for %s, keeping %s: %s", tag, key,
                                  getattr(table.get(name), "tag", None), exc)  # fmt: skip
+            serving.settle_heap(collect=False)
 
         self._loading = threading.Thread(target=load, name="model-loader", daemon=True)
         self._loading.start()
