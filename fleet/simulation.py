@@ -39,6 +39,7 @@ import simpy
 GATEWAY = "gateway"
 BACKGROUND_SLICE_S = 0.004  # a scheduler time slice of another tenant's work
 CLIENT = "client"
+WAKE_RAMP_S = 0.02  # the wake-up ramp when none was measured (no wake-up cost then)
 Mode = Literal["micro", "mono"]
 
 
@@ -66,12 +67,12 @@ class Calibration:
     - ``hop_s``: one-way delay of a loopback HTTP hop that is not CPU of either side;
     - ``wait_s``: non-CPU wait per gateway request by mode (thread hand-offs, event loop
       wake-ups) that the CPU accounting does not show;
-    - ``wake_s``, ``wake_ramp_s``: extra CPU of a burst that finds its process asleep
-      (a serving process: gateway or model service), growing with how long it slept:
-      ``wake_s * min(1, slept / wake_ramp_s)``. Caches and the scheduler go cold while
-      a process sleeps: a model service measured here spends 2.4 ms of CPU per call
-      back to back and 5 ms after a 20 ms pause. A rarely called service pays it on
-      every call, a busy one almost never;
+    - ``wake_s``, ``wake_ramp_s``: extra CPU of a burst that finds its model service
+      asleep, growing with how long it slept: ``wake_s * min(1, slept / wake_ramp_s)``.
+      Caches and the scheduler go cold while a process sleeps: a model service measured
+      here spends 2.3 ms of CPU per call back to back and 4.8 ms after a 20 ms pause. A
+      rarely called service pays it on every call, a busy one almost never. The
+      gateway's costs are calibrated at its own operating point, wake-ups included;
     - ``sigma``: spread of every burst (lognormal, this sigma, the burst's mean kept).
     """
 
@@ -84,7 +85,7 @@ class Calibration:
     wait_s: dict[str, float] = field(default_factory=lambda: {"micro": 0.0, "mono": 0.0})
     sigma: float = 0.3
     wake_s: float = 0.0
-    wake_ramp_s: float = 0.02
+    wake_ramp_s: float = WAKE_RAMP_S
     local_s: float = 0.0
 
     def local_cpu(self, model: str) -> float:

@@ -56,7 +56,7 @@ def fit_calibration(
     micro: Mapping[str, Observation],
     mono: Mapping[str, Observation],
     classes: Mapping[str, sim.RequestClass],
-    wake: tuple[float, float] = (0.0, 0.02),
+    wake: tuple[float, float] = (0.0, sim.WAKE_RAMP_S),
 ) -> sim.Calibration:
     """Per-request costs from single-kind runs (see ``fleet.simulation.Calibration``).
 
@@ -129,11 +129,11 @@ def fit_wake(curve: Sequence[tuple[float, float]]) -> tuple[float, float]:
     pauses in ascending order): the extra cost after the longest pause over the
     back-to-back cost, and the ramp (1..100 ms) that fits the pauses between best."""
     if len(curve) < 2:
-        return 0.0, 0.02
+        return 0.0, sim.WAKE_RAMP_S
     base, top = curve[0][1], curve[-1][1]
     wake = max(0.0, top - base)
     if wake <= 0:
-        return 0.0, 0.02
+        return 0.0, sim.WAKE_RAMP_S
 
     def misfit(ramp: float) -> float:
         return sum((cpu - base - wake * min(1.0, pause / ramp)) ** 2 for pause, cpu in curve)
