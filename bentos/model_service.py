@@ -39,10 +39,6 @@ REQUEST_TIMEOUT_S = 30
 # PROMETHEUS_MULTIPROC_DIR, so the counters are made on first use, once per process
 _COUNTERS: dict[str, Any] = {}
 
-# concurrent requests of one worker: while one waits for its log commit, others predict,
-# and requests that wait together share one commit (fleet.predictions.PredictionRecorder)
-THREADS = 8
-
 
 def _counters() -> dict[str, Any]:
     if not _COUNTERS:
@@ -233,9 +229,12 @@ def make_service(model_name: str) -> Any:
             self.served = ServedCounter(served_dir(settings, spec.name))
             self.log = predictions.PredictionLog(settings.predictions_db_url).create()
             self.recorder = predictions.PredictionRecorder(self.log)
+            # one record on the event loop once known to be fast; a batch, whose size is
+            # the caller's, always on a thread (fleet.serving.Offload says why)
+            self.offload = {"predict": serving.Offload(), "predict_batch": serving.Offload(0.0)}
             serving.settle_heap()
 
-        def _answer(
+        async def _answer(
             self, records: list[Any], endpoint: str, ctx: bentoml.Context
         ) -> tuple[str, list[dict[str, Any]]]:
             """Predict, log every record (committed before we answer), count; the id."""
@@ -248,7 +247,7 @@ def make_service(model_name: str) -> Any:
             except ValueError as exc:
                 raise InvalidArgument(str(exc)) from None
             plain = [_record_dict(record) for record in records]  # once: predict and log
-            answers = self.predictor.predict_records(plain)
+            answers = await self.offload[endpoint].run(self.predictor.predict_records, plain)
             version = self.loaded.version
             ids = [request_id] if endpoint == "predict" else (
                 predictions.batch_request_ids(request_id, len(records))
@@ -258,7 +257,7 @@ def make_service(model_name: str) -> Any:
                 for rid, record, answer in zip(ids, plain, answers, strict=True)
             ]
             try:
-                self.recorder.record(rows)
+                await self.recorder.arecord(rows)
             except predictions.PredictionLogError as exc:
                 # never answer a prediction the log does not hold
                 raise ServiceUnavailable(f"prediction not logged: {exc}") from exc
@@ -269,7 +268,7 @@ def make_service(model_name: str) -> Any:
             return request_id, answers
 
         @bentoml.api(input_spec=predict_request)
-        def predict(
+        async def predict(
             self,
             record: record_type,  # type: ignore[valid-type]
             ctx: bentoml.Context,
@@ -279,11 +278,11 @@ def make_service(model_name: str) -> Any:
             Logged with the request id of header ``X-Request-ID`` (made when absent, and
             returned in that header) and the event time of ``X-Fleet-Event-Time``.
             """
-            _, (answer,) = self._answer([record], "predict", ctx)
+            _, (answer,) = await self._answer([record], "predict", ctx)
             return {"model": spec.name, "version": self.loaded.version, "prediction": answer}
 
         @bentoml.api(input_spec=batch_request)
-        def predict_batch(
+        async def predict_batch(
             self,
             ctx: bentoml.Context,
             records: list[record_type],  # type: ignore[valid-type]
@@ -293,7 +292,7 @@ def make_service(model_name: str) -> Any:
             Each record is logged under ``<X-Request-ID>:<index>``, or under its own id when
             the header lists exactly one comma-separated id per record.
             """
-            _, answers = self._answer(records, "predict_batch", ctx)
+            _, answers = await self._answer(records, "predict_batch", ctx)
             return {"model": spec.name, "version": self.loaded.version, "predictions": answers}
 
         @metadata_app.get("/metadata")
@@ -333,7 +332,6 @@ def make_service(model_name: str) -> Any:
     service = bentoml.service(
         name=spec.name,
         workers=spec.serving.workers,
-        threads=THREADS,
         traffic={"timeout": REQUEST_TIMEOUT_S},
         envs=envs,
     )(ModelService)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from fleet import fastpath, predictions
+from fleet import fastpath, predictions, serving
 from fleet.catalog import ModelSpec
 from fleet.routing import ModelAnswer, ModelFailure, RequestMeta
 
@@ -197,8 +197,9 @@ class HttpBackend:
 
 
 class InProcessBackend:
-    """A model loaded in this process (mono topology); predictions run on a thread so a
-    slow model cannot stall the event loop and the gateway's time budget still holds.
+    """A model loaded in this process (mono topology). A fast predict runs on the event
+    loop and a slow one on a thread, so a slow model cannot stall the loop and the
+    gateway's time budget still holds (:class:`fleet.serving.Offload` decides).
 
     With a ``recorder`` every prediction is logged as a model service logs it, and
     only answered once committed: a prediction that cannot be logged is a failure.
@@ -224,6 +225,7 @@ class InProcessBackend:
         self.version = str(version)
         self.tag = tag
         self.recorder = recorder
+        self.offload = serving.Offload()
 
     def predict_sync(self, record: Mapping[str, Any]) -> ModelAnswer:
         (answer,) = self.predictor.predict_records([record])
@@ -231,7 +233,7 @@ class InProcessBackend:
 
     async def predict(self, record: Mapping[str, Any], meta: RequestMeta) -> ModelAnswer:
         try:
-            answer = await asyncio.to_thread(self.predict_sync, record)
+            answer = await self.offload.run(self.predict_sync, record)
         except Exception as exc:
             raise BackendError(
                 self.name, f"prediction failed: {type(exc).__name__}: {exc}"

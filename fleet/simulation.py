@@ -60,7 +60,7 @@ class Calibration:
       server, request validation, answer);
     - ``call_s``: what the gateway spends per remote call (HTTP client, JSON);
     - ``local_s``: what the gateway spends per in-process model call on top of the
-      predict (the hand-off to a thread, the prediction log row);
+      predict (the prediction log row, and the hand-off to a thread for a slow one);
     - ``gateway_s``: the gateway's own work per request (validation, routing, combining,
       the result store), by mode: with remote calls (micro) or all in process (mono);
     - ``client_s``: the load generator per request (it shares the machine when measured);
@@ -636,6 +636,32 @@ def capacity(
     return min(bounds)
 
 
+def sustained_rate(
+    deployment: Deployment,
+    calibration: Calibration,
+    classes: Mapping[str, RequestClass],
+    mix: Mapping[str, float],
+    p99_budget_ms: float,
+    requests: int = 2000,
+    seed: int = 1,
+    steps: int = 6,
+    bound: float | None = None,
+) -> float:
+    """The highest offered load (open loop) the deployment keeps up with (>= 97 %) with
+    p99 within ``p99_budget_ms``: a bisection between 5 % and 100 % of its bottleneck
+    bound (:func:`capacity`, or ``bound``), to 1/2**steps of that range; 0 if none."""
+    top = capacity(deployment, calibration, classes, mix) if bound is None else bound
+    ok, lo, hi = 0.0, 0.05 * top, top
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        res = simulate_open(deployment, calibration, classes, mix, mid, requests, seed)
+        if res.throughput >= 0.97 * mid and res.p99_ms <= p99_budget_ms:
+            ok, lo = mid, mid
+        else:
+            hi = mid
+    return ok
+
+
 def layouts(models: Sequence[str]) -> list[frozenset[str]]:
     """Every choice of models consolidated into the gateway: none (micro) ... all (mono)."""
     return [frozenset(c) for k in range(len(models) + 1) for c in combinations(models, k)]
@@ -671,10 +697,8 @@ def best_layouts(
 ) -> list[LayoutScore]:
     """Every consolidation layout on ``machines`` x ``cores``, best first.
 
-    Capacity: the highest offered load (searched between 5 % and 100 % of the layout's
-    bottleneck bound) whose simulated throughput keeps up (>= 97 %) with p99 within
-    ``p99_budget_ms``. Ties go to the layout with the lower p99 at a common reference
-    load (half the smallest bound of all layouts).
+    Capacity: :func:`sustained_rate` of the layout. Ties go to the layout with the lower
+    p99 at a common reference load (half the smallest bound of all layouts).
     """
     models = sorted({m for c in classes.values() for m in c.models})
     deployments = {
@@ -685,15 +709,9 @@ def best_layouts(
     reference = 0.5 * min(bounds.values())
     scores = []
     for local, dep in deployments.items():
-        ok = 0.0
-        lo, hi = 0.05 * bounds[local], bounds[local]
-        for _ in range(steps):  # bisection on the offered rate
-            mid = (lo + hi) / 2
-            res = simulate_open(dep, calibration, classes, mix, mid, requests, seed)
-            if res.throughput >= 0.97 * mid and res.p99_ms <= p99_budget_ms:
-                ok, lo = mid, mid
-            else:
-                hi = mid
+        ok = sustained_rate(
+            dep, calibration, classes, mix, p99_budget_ms, requests, seed, steps, bounds[local]
+        )
         at_ref = simulate_open(dep, calibration, classes, mix, reference, requests, seed)
         scores.append(
             LayoutScore(layout_name(local, models), tuple(sorted(local)), ok, at_ref.p99_ms)

@@ -144,3 +144,38 @@ def test_predict_positive_class_is_the_last_label(reviews_table: pd.DataFrame) -
         list(model.predict_proba(X.head(30))[:, great])
     )
     assert np.mean([a["label"] == "great" for a in answers]) > 0  # both labels occur
+
+
+def _busy(seconds: float) -> int:
+    """CPU work on the calling thread for ``seconds`` of its CPU time; its thread id."""
+    import threading
+    import time
+
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return threading.get_ident()
+
+
+def test_offload_keeps_fast_calls_on_the_loop_and_sends_slow_ones_to_a_thread() -> None:
+    import asyncio
+    import threading
+
+    async def calls() -> list[bool]:
+        offload = serving.Offload(inline_s=0.005)
+        loop_thread = threading.get_ident()
+        on_loop = []
+        for seconds in [0.0005] * 3 + [0.05] * 8 + [0.0005] * 12:
+            on_loop.append(await offload.run(_busy, seconds) == loop_thread)
+        always_thread = serving.Offload(inline_s=0.0)
+        on_loop.append(await always_thread.run(_busy, 0.0) == loop_thread)
+        on_loop.append(await always_thread.run(_busy, 0.0) == loop_thread)
+        return on_loop
+
+    on_loop = asyncio.run(calls())
+    assert on_loop[:3] == [False, True, True]  # unknown at first: a thread; then known fast
+    # one slow call lifts the running mean over the bound; the next ones go to a thread
+    assert on_loop[3] and not any(on_loop[4:11])
+    # fast calls bring the mean back down, and the loop takes them again
+    assert not on_loop[11] and on_loop[-3]
+    assert on_loop[-2:] == [False, False]  # a bound of 0 never runs on the loop

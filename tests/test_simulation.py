@@ -212,3 +212,20 @@ def test_measured_connections_pin_closed_loop_clients_to_workers() -> None:
     assert even.throughput == pytest.approx(4 / 0.004, rel=0.05)
     assert piled.throughput == pytest.approx(2 / 0.004, rel=0.05)  # both workers saturated
     assert piled.per_class_p99_ms["only"] > 1.6 * even.per_class_p99_ms["only"]
+
+
+def test_the_sustained_rate_is_the_load_kept_within_the_p99_budget() -> None:
+    """One worker, 10 ms per request: the bound is 100 req/s; a p99 budget keeps the
+    sustained load below it, a tighter budget lower still, and one under the service time
+    itself allows none."""
+    dep, cal = single_server(), bare({"m": 0.01}, sigma=0.3)
+    assert sim.capacity(dep, cal, ONE, {"only": 1}) == pytest.approx(100.0)
+    rate = {
+        budget: sim.sustained_rate(dep, cal, ONE, {"only": 1}, budget, requests=1500, seed=4)
+        for budget in (8.0, 40.0, 200.0)
+    }
+    assert rate[8.0] == 0.0
+    assert 5.0 < rate[40.0] < rate[200.0] < 100.0
+    # a keep-up check at that rate, with p99 within the budget
+    res = sim.simulate_open(dep, cal, ONE, {"only": 1}, rate[40.0], requests=1500, seed=4)
+    assert res.p99_ms <= 40.0 and res.throughput >= 0.97 * rate[40.0]

@@ -261,9 +261,9 @@ def run_topology_bench(
         f"validation error {bench.simulation['validation']['validation_error']:.1%}; "
         f"sweeping 1..{max(machines)} machines"
     )
-    scaling = sweep(cal, mixes, cores, machines, sim_requests)
+    scaling = sweep(cal, mixes, cores, machines, sim_requests, p99_budget_ms)
     bench.simulation["scaling"] = scaling
-    bench.simulation["findings"] = findings(scaling, p99_budget_ms)
+    bench.simulation["findings"] = findings(scaling)
     if "skewed" in mixes:
         top_mono = max(lv["req_per_s"] for lv in bench.measured["skewed"]["mono"])
         chosen, hybrid = hybrid_plan(cal, mixes["skewed"], top_mono, cores, mono_gw)

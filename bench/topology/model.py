@@ -160,15 +160,6 @@ def relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured if measured > 0 else float("inf")
 
 
-def _service_spread(connections: Mapping[str, Sequence[int]] | None) -> dict[str, list[int]]:
-    """The measured connections per worker that the simulation replays: the model
-    services' only. A gateway worker runs its in-process predicts and log writes on
-    threads that release the GIL, so it can use more than a core (one holding 31 of 32
-    connections carried 680 req/s, 1.8 cores, here); pinned to workers of one core each,
-    its clients would queue where they did not."""
-    return {k: list(v) for k, v in (connections or {}).items() if k != sim.GATEWAY}
-
-
 def validate(
     cal: sim.Calibration,
     points: Sequence[Point],
@@ -197,7 +188,9 @@ def validate(
             p.level.concurrency,
             max(sim_requests, p.level.requests),
             quantum_s=quantum_s,
-            spread=_service_spread(p.connections),
+            # keep-alive clients stay on the worker that accepted them, gateway and model
+            # services alike (a gateway worker predicts on its event loop: one core)
+            spread=p.connections,
         )
         rows.append(
             {
@@ -246,7 +239,7 @@ def validate(
 
 def _sweep_one(
     cal: sim.Calibration, profile: str, mix: Mapping[str, float], n: int, cores: int,
-    requests: int, net_s: float,
+    requests: int, net_s: float, budget_ms: float,
 ) -> list[dict[str, Any]]:  # fmt: skip
     classes = request_classes()
     deps = {
@@ -254,6 +247,13 @@ def _sweep_one(
         "mono": sim.scaled_deployment(n, cores, cal, classes, mix, list(catalog_models()), net_s),
     }
     bounds = {k: sim.capacity(d, cal, classes, mix) for k, d in deps.items()}
+    # a bigger fleet's run of `requests` lasts a fraction of a second, too short for a
+    # steady p99: one unlucky step of the bisection then halves the capacity found
+    search = requests * min(4, max(1, n // 2))
+    sustained = {
+        k: sim.sustained_rate(d, cal, classes, mix, budget_ms, search, bound=bounds[k])
+        for k, d in deps.items()
+    }
     top = max(bounds.values())
     out = []
     for fraction in LOAD_FRACTIONS:
@@ -269,6 +269,7 @@ def _sweep_one(
                     "workers": dep.total_workers,
                     "offered": round(rate, 1),
                     "bound": round(bounds[topology], 1),
+                    "capacity": round(sustained[topology], 1),
                     "throughput": round(res.throughput, 1),
                     "p50_ms": round(res.p50_ms, 2),
                     "p99_ms": round(res.p99_ms, 2),
@@ -291,30 +292,23 @@ def sweep(
     cores: int,
     machines: Sequence[int],
     requests: int,
+    budget_ms: float,
     net_s: float = NET_S,
 ) -> list[dict[str, Any]]:
     """Open-loop runs of micro and mono per profile and machine count, at fractions of the
-    larger of the two bottleneck bounds (so both face the same offered loads)."""
+    larger of the two bottleneck bounds (so both face the same offered loads); each row
+    also carries its topology's capacity there (``sim.sustained_rate`` within
+    ``budget_ms``)."""
     with _pool() as pool:
         jobs = [
-            pool.submit(_sweep_one, cal, profile, dict(mix), n, cores, requests, net_s)
+            pool.submit(_sweep_one, cal, profile, dict(mix), n, cores, requests, net_s, budget_ms)
             for profile, mix in mixes.items()
             for n in machines
         ]
         return [row for job in jobs for row in job.result()]
 
 
-def sustained(rows: Sequence[Mapping[str, Any]], budget_ms: float) -> float:
-    """Highest offered load kept up with (>= 97 %) within the p99 budget; 0 if none."""
-    ok = [
-        r["offered"]
-        for r in rows
-        if r["throughput"] >= 0.97 * r["offered"] and r["p99_ms"] <= budget_ms
-    ]
-    return max(ok, default=0.0)
-
-
-def findings(scaling: Sequence[Mapping[str, Any]], budget_ms: float) -> dict[str, dict[str, Any]]:
+def findings(scaling: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per profile: capacity of each topology per machine count, and where they cross."""
     out: dict[str, dict[str, Any]] = {}
     for profile in dict.fromkeys(r["profile"] for r in scaling):
@@ -325,7 +319,7 @@ def findings(scaling: Sequence[Mapping[str, Any]], budget_ms: float) -> dict[str
                 t: [r for r in rows if r["machines"] == n and r["topology"] == t]
                 for t in TOPOLOGIES
             }
-            cap = {t: sustained(at[t], budget_ms) for t in TOPOLOGIES}
+            cap = {t: at[t][0]["capacity"] for t in TOPOLOGIES}
             micro_faster = [
                 m["offered"]
                 for m, o in zip(at["micro"], at["mono"], strict=True)

@@ -223,8 +223,9 @@ def markdown(bench: TopologyBench, plots_rel: str) -> str:
             "gives each component workers in proportion to its CPU demand under the profile "
             f"(per-model scaling), mono a replica of the whole process per machine; "
             f"{bench.simulation['net_ms']:.2f} ms one way between machines; clients outside. "
-            f"Capacity = highest offered load (of the sweep's grid) served in full with p99 "
-            f"<= {budget:.0f} ms.",
+            f"Capacity = highest offered load served in full with p99 <= {budget:.0f} ms "
+            "(a six-step bisection between 5 % and 100 % of the topology's bottleneck "
+            "bound).",
             "",
             "| profile | machines | capacity micro req/s | capacity mono req/s | mono / micro | "
             "cores used at the lowest load, micro / mono |",
