@@ -873,7 +873,9 @@ def _print_components(settings: Settings) -> None:
         state = f"[{colours.get(row['state'], 'red')}]{row['state']}[/]"
         if row["orphans"]:
             state += f" (port held by {', '.join(map(str, row['orphans']))})"
-        table.add_row(row["name"], row["version"] or "-", row["url"], str(row["pid"]), state,
+        version = row["version"] or "-"  # a model service's own version is a bare number
+        version = f"v{version}" if version.isdigit() else version
+        table.add_row(row["name"], version, row["url"], str(row["pid"]), state,
                       str(row["restarts"]))  # fmt: skip
     console.print(table)
     watcher = supervisor.supervisor_record(settings)

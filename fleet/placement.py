@@ -343,8 +343,7 @@ def auto(
         result = simulation.simulate_open(
             deployment, calibration, classes, mix, rate, SIMULATED_REQUESTS, seed
         )
-        keeps_up = result.throughput >= 0.97 * rate
-        scored.append(_Scored(local, keeps_up, result.throughput, result.p99_ms, workers))
+        scored.append(_Scored(local, result.keeps_up(), result.throughput, result.p99_ms, workers))
     able = [s for s in scored if s.keeps_up]
     if able:
         best_p99 = min(s.p99_ms for s in able)

@@ -40,6 +40,7 @@ GATEWAY = "gateway"
 BACKGROUND_SLICE_S = 0.004  # a scheduler time slice of another tenant's work
 CLIENT = "client"
 WAKE_RAMP_S = 0.02  # the wake-up ramp when none was measured (no wake-up cost then)
+KEEP_UP = 0.97  # an open-loop run keeps up if it serves this share of what arrived
 Mode = Literal["micro", "mono"]
 
 
@@ -156,6 +157,18 @@ class SimResult:
     per_class_p99_ms: dict[str, float]
     duration_s: float
     offered: float | None = None  # requests/s offered (open loop)
+    # open loop: requests/s that arrived while it was measured (Poisson: near `offered`)
+    arrived: float | None = None
+
+    def keeps_up(self, share: float = KEEP_UP) -> bool:
+        """Open loop: served at least ``share`` of the requests that arrived while it was
+        measured. Against the arrivals, not the nominal rate: 1500 Poisson arrivals
+        come more than 3 % slower than their rate about one run in six, which no
+        server can make up for, and a lightly loaded fleet then looked as if it fell
+        behind."""
+        if self.arrived is None:
+            raise ValueError("keeps_up is for open-loop runs (simulate_open)")
+        return self.throughput >= share * self.arrived
 
     def summary(self) -> dict[str, object]:
         return {
@@ -450,8 +463,9 @@ def simulate_open(
 ) -> SimResult:
     """Poisson arrivals at ``rate`` requests/s, ``requests`` of them.
 
-    Throughput is what completes while requests arrive (after the first tenth); an
-    overloaded system shows a throughput below ``rate`` and latencies that grow. The
+    Throughput is what completes while requests arrive (after the first tenth), and
+    ``arrived`` what arrived meanwhile; an overloaded system serves less than arrived
+    (:meth:`SimResult.keeps_up` is false) and its latencies grow. The
     run stops ``drain_factor`` times the arrival span after the last arrival, so an
     overload cannot run forever; requests still queued then are left out of latency
     percentiles, and throughput says how far behind the system fell.
@@ -462,9 +476,11 @@ def simulate_open(
     model = _Model(deployment, calibration, classes, seed, quantum_s)
     names, weights = list(mix), list(mix.values())
     arrivals_end = [0.0]
+    arrivals: list[float] = []
 
     def source():
         for _ in range(requests):
+            arrivals.append(model.env.now)
             model.env.process(model.request(model.choose(names, weights)))
             yield model.env.timeout(model.rng.expovariate(rate))
         arrivals_end[0] = model.env.now
@@ -475,7 +491,10 @@ def simulate_open(
     end = arrivals_end[0] or model.env.now
     last_done = max((t + s for t, _, s in model.latencies), default=end)
     # the clock stands at the run's limit: busy time is shared over the time work went on
-    return model.result(span * 0.1, end, rate, horizon=max(end, last_done))
+    result = model.result(span * 0.1, end, rate, horizon=max(end, last_done))
+    window = max(end - span * 0.1, 1e-9)
+    result.arrived = sum(1 for t in arrivals if span * 0.1 <= t <= end) / window
+    return result
 
 
 # --- deployments -------------------------------------------------------------------------
@@ -647,7 +666,7 @@ def sustained_rate(
     steps: int = 6,
     bound: float | None = None,
 ) -> float:
-    """The highest offered load (open loop) the deployment keeps up with (>= 97 %) with
+    """The highest offered load (open loop) the deployment keeps up with (``keeps_up``) with
     p99 within ``p99_budget_ms``: a bisection between 5 % and 100 % of its bottleneck
     bound (:func:`capacity`, or ``bound``), to 1/2**steps of that range; 0 if none."""
     top = capacity(deployment, calibration, classes, mix) if bound is None else bound
@@ -655,7 +674,7 @@ def sustained_rate(
     for _ in range(steps):
         mid = (lo + hi) / 2
         res = simulate_open(deployment, calibration, classes, mix, mid, requests, seed)
-        if res.throughput >= 0.97 * mid and res.p99_ms <= p99_budget_ms:
+        if res.keeps_up() and res.p99_ms <= p99_budget_ms:
             ok, lo = mid, mid
         else:
             hi = mid

@@ -271,6 +271,7 @@ def _sweep_one(
                     "bound": round(bounds[topology], 1),
                     "capacity": round(sustained[topology], 1),
                     "throughput": round(res.throughput, 1),
+                    "keeps_up": res.keeps_up(),
                     "p50_ms": round(res.p50_ms, 2),
                     "p99_ms": round(res.p99_ms, 2),
                     "cores_used": round(res.cores_used, 2),
@@ -323,7 +324,7 @@ def findings(scaling: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             micro_faster = [
                 m["offered"]
                 for m, o in zip(at["micro"], at["mono"], strict=True)
-                if m["p50_ms"] < o["p50_ms"] and m["throughput"] >= 0.97 * m["offered"]
+                if m["p50_ms"] < o["p50_ms"] and m["keeps_up"]
             ]
             per_n[str(n)] = {
                 "capacity": cap,
