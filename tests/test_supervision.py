@@ -167,7 +167,7 @@ def test_a_password_in_a_url_is_never_shown(
         shown.append(json.dumps(httpx.get(f"{service.url}/metadata").json()))
         for running in (service, mlflow):
             tree = [running.pid, *processes.descendants(running.pid)]
-            shown += [" ".join(psutil.Process(p).cmdline()) for p in tree if psutil.pid_exists(p)]
+            shown += [_command_line(p) for p in tree]
         time.sleep(1)
         shown += [p.read_text() for p in s.root.rglob("*.json") if "pids" in p.parts]
         shown += [p.read_text(errors="replace") for p in s.root.rglob("*.log")]
@@ -177,6 +177,15 @@ def test_a_password_in_a_url_is_never_shown(
     text = "\n".join(shown)
     assert "postgres:***@" in text  # the URLs are there, masked
     assert SECRET not in text
+
+
+def _command_line(pid: int) -> str:
+    """A process's argv as one string; empty for one that ended (or is a zombie waiting to
+    be reaped) between listing and reading: it has no argv left to leak."""
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return ""
 
 
 # --- reloads racing, processes killed: under load ---------------------------------------
