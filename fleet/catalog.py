@@ -506,7 +506,14 @@ def load_catalog(root: Path) -> Catalog:
 def catalog_dir() -> Path:
     """The catalog folder in use: ``FLEET_CATALOG``, else the one shipped with the package."""
     configured = os.environ.get(CATALOG_ENV, "").strip()
-    return Path(configured).expanduser().resolve() if configured else DEFAULT_CATALOG
+    return _resolved(configured) if configured else DEFAULT_CATALOG
+
+
+@cache
+def _resolved(configured: str) -> Path:
+    # once per value: routing asks for the catalog several times per request, and a
+    # path resolution each time was a tenth of a gateway worker's CPU
+    return Path(configured).expanduser().resolve()
 
 
 @cache
@@ -522,6 +529,7 @@ def current() -> Catalog:
 def clear_cache() -> None:
     """Forget loaded catalogs (after editing spec files in a running process)."""
     _cached.cache_clear()
+    _resolved.cache_clear()
 
 
 def models() -> dict[str, ModelSpec]:
