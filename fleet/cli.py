@@ -582,6 +582,12 @@ def bench_topology(
         f"{val['p99_error']:.1%} (target <= {val['p99_target']:.0%}: "
         f"{'met' if val['p99_met'] else 'MISSED'})"
     )
+    rep = bench.simulation.get("repeat")
+    if rep:
+        console.print(
+            f"the same points measured twice differ by {rep['difference']:.1%} "
+            f"(p99 {rep['p99_difference']:.1%})"
+        )
     console.print(f"results: {bench.json_path} and {bench.markdown_path}", soft_wrap=True)
     console.print("document: docs/topology.md (generated section), plots: docs/topology/")
 

@@ -106,6 +106,26 @@ def test_validation_error_is_relative() -> None:
     assert bt.relative_error(90, 100) == pytest.approx(0.1)
 
 
+def _point(topology: str, clients: int, rps: float, p50: float, p99: float) -> bt.Point:
+    from bench.load import LevelResult
+
+    level = LevelResult(clients, 100, 100, 0, [], 100 / rps, rps, p50, p50, p99, p99, False)
+    return bt.Point(topology, "uniform", "gateway", level, 110, {}, 0.0)
+
+
+def test_repeatability_compares_each_point_with_its_second_measurement() -> None:
+    first = [_point("micro", 1, 100, 10, 20), _point("mono", 8, 200, 5, 40)]
+    second = [_point("mono", 8, 180, 5.5, 30), _point("micro", 1, 110, 9, 20)]
+    rep = bt.repeatability(first, second)
+    assert [r["difference"] for r in rep["points"]] == [
+        {"req_per_s": 0.1, "p50_ms": 0.1, "p99_ms": 0.0},
+        {"req_per_s": 0.1, "p50_ms": 0.1, "p99_ms": 0.25},
+    ]
+    assert rep["difference"] == pytest.approx(0.1)  # mean over throughput and p50
+    assert rep["p99_difference"] == pytest.approx(0.125)
+    assert bt.repeatability(first, []) == {}  # no second pass, nothing to say
+
+
 def test_the_generated_section_is_replaced_and_the_rest_kept(tmp_path: Path) -> None:
     doc = tmp_path / "topology.md"
     doc.write_text(f"# Study\n\nwritten by hand\n\n{bt.BEGIN}\nold numbers\n{bt.END}\n\nafter\n")
@@ -150,6 +170,10 @@ def test_topology_bench_smoke(serving_state: ServingState, tmp_path: Path) -> No
     val = data["simulation"]["validation"]
     assert data["simulation"]["validation_error"] == val["validation_error"] >= 0
     assert len(val["points"]) == 2
+    # every point measured twice: the second pass is kept and compared with the first
+    rep = data["simulation"]["repeat"]
+    assert len(rep["points"]) == 2 and rep["p99_difference"] >= 0
+    assert {t: len(v) for t, v in data["repeated"]["uniform"].items()} == {"micro": 1, "mono": 1}
     cal = data["calibration"]
     assert all(v > 0 for v in cal["predict_s"].values())
     assert cal["client_s"] > 0
@@ -157,7 +181,7 @@ def test_topology_bench_smoke(serving_state: ServingState, tmp_path: Path) -> No
     ranked = data["simulation"]["advice"]["uniform"]["1"]
     assert len(ranked) == 2 ** len(model_names())  # every subset of models in the gateway
     text = (docs / "topology.md").read_text()
-    assert bt.BEGIN in text and "Validation error" in text
+    assert bt.BEGIN in text and "Validation error" in text and "measured a second time" in text
     assert (docs / "topology" / "measured.png").stat().st_size > 1000
     assert (docs / "topology" / "validation.png").exists()
 

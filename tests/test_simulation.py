@@ -69,7 +69,9 @@ def test_closed_loop_obeys_littles_law_and_the_bottleneck_bound() -> None:
         assert res.throughput * res.mean_ms / 1000 == pytest.approx(clients, rel=0.05)
         assert res.throughput <= bound * 1.02
     saturated = sim.simulate_closed(dep, cal, FLEET, UNIFORM, 32, requests=2000)
-    assert saturated.throughput == pytest.approx(bound, rel=0.1)
+    # short of the bound by the time the one-worker gateway, holding its worker, waits
+    # for a core: 207 of 229 req/s even with no spread at all, 200 with this one
+    assert bound * 0.85 <= saturated.throughput <= bound
 
 
 def test_more_machines_carry_more_load() -> None:
@@ -246,3 +248,16 @@ def test_an_open_run_keeps_up_with_what_arrived_not_with_the_nominal_rate() -> N
     closed = sim.simulate_closed(dep, cal, ONE, {"only": 1}, clients=2, requests=100)
     with pytest.raises(ValueError, match="open-loop"):
         closed.keeps_up()
+
+
+def test_a_requests_spread_is_drawn_once_for_all_its_parts() -> None:
+    """At one client, a request of many bursts (gateway, two models, gateway) spreads as
+    widely as one burst of the same sigma: a slow request is slow in every part."""
+    sigma = 0.4
+    dep = sim.measured_deployment("mono", {"a": 1, "b": 1, "r": 1}, 1, cores=1, with_client=False)
+    cal = bare({"a": 0.002, "b": 0.002, "r": 0.002}, sigma=sigma,
+               gateway_s={"micro": 0.002, "mono": 0.002})  # fmt: skip
+    res = sim.simulate_closed(dep, cal, FLEET, {"flight": 1}, 1, requests=4000, seed=5)
+    lognormal_p99_over_p50 = math.exp(2.326 * sigma)  # 2.54
+    assert res.p99_ms / res.p50_ms == pytest.approx(lognormal_p99_over_p50, rel=0.1)
+    assert res.mean_ms == pytest.approx(6.0, rel=0.03)  # the mean is kept

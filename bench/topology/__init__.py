@@ -66,6 +66,7 @@ from bench.topology.model import (
     observation,
     per_core,
     relative_error,
+    repeatability,
     sweep,
     validate,
 )
@@ -103,11 +104,13 @@ def run_topology_bench(
     say: Say = print,
     only_profiles: Sequence[str] | None = None,
     calibration_level: int | None = CALIBRATION_LEVEL,
+    repeat: bool = True,
 ) -> TopologyBench:
     """Measure, calibrate, validate, simulate; write JSON, markdown, plots and the doc.
 
-    ``only_profiles`` and ``calibration_level=None`` (calibrate at one client only) are
-    for smoke runs.
+    ``repeat`` measures every profile point a second time, after the first pass, to
+    report how far two measurements of one point differ. ``only_profiles`` and
+    ``calibration_level=None`` (calibrate at one client only) are for smoke runs.
     """
     from bench.serve import ensure_champion, machine_facts, request_records
     from fleet import bento_store as store
@@ -160,6 +163,7 @@ def run_topology_bench(
     direct: dict[str, Observation] = {}
     by_mode: dict[str, dict[str, Observation]] = {"micro": {}, "mono": {}}
     profile_points: list[Point] = []
+    repeat_points: list[Point] = []
 
     def warmed_up(fleet: Any) -> str:
         """The gateway's URL, once the first requests, which pay for lazy imports and
@@ -226,25 +230,22 @@ def run_topology_bench(
                 bodies = [body(kind, records, i) for i in range(200)]
                 q, b = pair("gateway", gw, bodies, ok_gateway, f"calibration:{kind}")
                 by_mode[topology][kind] = observation(q, b, "gateway")
-            for profile, mix in mixes.items():
-                bodies = mixed_bodies(mix, records)
-                for level in levels:
-                    say(f"{topology}, {profile}: {level} client(s), {requests} requests")
-                    point = fleet.run(
-                        profile,
-                        "gateway",
-                        gw,
-                        bodies,
-                        level,
-                        requests,
-                        warmup,
-                        time_bound_s,
-                        **ok_gateway,
-                    )
-                    profile_points.append(point)
-                    bench.measured.setdefault(profile, {}).setdefault(topology, []).append(
-                        measured_row(point)
-                    )
+            # every point twice, the second pass after all the first: how far two
+            # measurements of one point fall apart is the floor under the simulator's error
+            passes = [(profile_points, bench.measured, "")]
+            if repeat:
+                passes.append((repeat_points, bench.repeated, ", again"))
+            for points, table, again in passes:
+                for profile, mix in mixes.items():
+                    bodies = mixed_bodies(mix, records)
+                    for level in levels:
+                        say(f"{topology}, {profile}: {level} client(s), {requests} requests{again}")
+                        point = fleet.run(profile, "gateway", gw, bodies, level, requests,
+                                          warmup, time_bound_s, **ok_gateway)  # fmt: skip
+                        points.append(point)
+                        table.setdefault(profile, {}).setdefault(topology, []).append(
+                            measured_row(point)
+                        )
             bench.memory[topology] = fleet.memory()
 
     say("fitting the calibration; validating the simulator on the measured points")
@@ -256,6 +257,7 @@ def run_topology_bench(
         "net_ms": NET_S * 1000,
         "p99_budget_ms": p99_budget_ms,
         "validation": validate(cal, profile_points, mixes, cores, sim_requests),
+        "repeat": repeatability(profile_points, repeat_points),
     }
     say(
         f"validation error {bench.simulation['validation']['validation_error']:.1%}; "
@@ -306,8 +308,9 @@ def run_topology_bench(
 
 
 __all__ = [
-    "BEGIN", "END", "RESULTS_DIR", "Observation", "fit_calibration", "fit_wake", "hybrid_plan",
-    "mixed_bodies", "per_core", "profiles", "relative_error", "request_classes",
+    "BEGIN", "END", "RESULTS_DIR", "Observation", "Point", "fit_calibration", "fit_wake",
+    "hybrid_plan", "mixed_bodies", "per_core", "profiles", "relative_error", "repeatability",
+    "request_classes",
     "run_topology_bench",
     "write_docs_section",
 ]  # fmt: skip

@@ -160,6 +160,45 @@ def relative_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured if measured > 0 else float("inf")
 
 
+METRICS = ("req_per_s", "p50_ms", "p99_ms")
+
+
+def _point_key(p: Point) -> tuple[str, str, int]:
+    return (p.profile, p.topology, p.level.concurrency)
+
+
+def repeatability(first: Sequence[Point], second: Sequence[Point]) -> dict[str, Any]:
+    """How far a second measurement of each point falls from the first, in the terms of
+    :func:`validate`'s errors: what a simulator that knew each point's true mean would
+    still miss one measurement by (on average about 1/sqrt(2) of this)."""
+    again = {_point_key(p): p for p in second}
+    pairs = [(a, again[_point_key(a)]) for a in first if _point_key(a) in again]
+    if not pairs:
+        return {}
+    rows = [
+        {
+            "profile": a.profile,
+            "topology": a.topology,
+            "concurrency": a.level.concurrency,
+            "first": {m: getattr(a.level, m) for m in METRICS},
+            "second": {m: getattr(b.level, m) for m in METRICS},
+            "difference": {
+                m: round(relative_error(getattr(b.level, m), getattr(a.level, m)), 4)
+                for m in METRICS
+            },
+        }
+        for a, b in pairs
+    ]
+    mean = {m: round(statistics.fmean(r["difference"][m] for r in rows), 4) for m in METRICS}
+    return {
+        "difference": round((mean["req_per_s"] + mean["p50_ms"]) / 2, 4),  # as the headline
+        "throughput_difference": mean["req_per_s"],
+        "p50_difference": mean["p50_ms"],
+        "p99_difference": mean["p99_ms"],
+        "points": rows,
+    }
+
+
 def validate(
     cal: sim.Calibration,
     points: Sequence[Point],
@@ -230,6 +269,8 @@ def validate(
         "p99_target": TARGET_P99_ERROR,
         "met": bool(headline) and statistics.fmean(headline) <= TARGET_VALIDATION_ERROR,
         "p99_met": bool(p99) and statistics.fmean(p99) <= TARGET_P99_ERROR,
+        # a bias or noise: at how many points the simulated tail is the shorter one
+        "p99_below_measured": sum(r["simulated"]["p99_ms"] < r["measured"]["p99_ms"] for r in rows),
         "points": rows,
     }
 
