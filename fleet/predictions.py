@@ -32,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from fleet import catalog
-from fleet.results import JSONType, make_engine
+from fleet.results import JSONType, create_tables, make_engine
 
 logger = logging.getLogger("fleet.predictions")
 
@@ -104,12 +104,8 @@ class PredictionLog:
         self.engine = make_engine(url)
 
     def create(self) -> PredictionLog:
-        try:
-            Base.metadata.create_all(self.engine)
-        except sa.exc.DBAPIError:
-            # several workers start at once: another one created the table or index
-            # between our check and our CREATE; a second pass finds them
-            Base.metadata.create_all(self.engine)
+        # several workers start at once, each creating the table if missing
+        create_tables(Base.metadata, self.engine)
         self._add_shadow_column()
         return self
 

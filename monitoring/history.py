@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from fleet.predictions import as_utc, utcnow
-from fleet.results import JSONType, make_engine
+from fleet.results import JSONType, create_tables, make_engine
 from monitoring.policy import TriggerDecision
 from monitoring.summary import DriftSummary
 
@@ -99,11 +99,7 @@ class MonitorHistory:
         self.engine = make_engine(url)
 
     def create(self) -> MonitorHistory:
-        try:
-            Base.metadata.create_all(self.engine)
-        except sa.exc.DBAPIError:
-            # another monitor created the tables between the check and the CREATE
-            Base.metadata.create_all(self.engine)
+        create_tables(Base.metadata, self.engine)  # other monitors may be creating them too
         return self
 
     def dispose(self) -> None:

@@ -117,3 +117,32 @@ def test_postgresql_store(postgres_url: str, monkeypatch: pytest.MonkeyPatch) ->
         assert late == 51
     finally:
         store.dispose()
+
+
+def test_tables_made_at_once_by_many_creators_on_a_fresh_database(tmp_path) -> None:
+    """Two trainings (leases), service workers (prediction log, results) and monitors
+    start together on a database nobody made yet: every one of them comes up. With one
+    retry per creator, 7 fresh files in 200 failed with "table already exists"."""
+    import threading
+
+    from fleet.locks import Leases
+    from fleet.predictions import PredictionLog
+    from monitoring.history import MonitorHistory
+
+    kinds = (Leases, PredictionLog, ResultStore, MonitorHistory)
+    failures: list[str] = []
+    for trial in range(40):
+        url = f"sqlite:///{tmp_path}/fresh-{trial}.db"
+
+        def make(kind: type, url: str = url) -> None:
+            try:
+                kind(url).create().dispose()
+            except Exception as exc:  # the failure is the finding
+                failures.append(f"{kind.__name__}: {exc}")
+
+        threads = [threading.Thread(target=make, args=(k,)) for k in kinds for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert failures == []
