@@ -21,12 +21,11 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument, ServiceUnavailable
-from bentoml.validators import ContentType
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from pydantic import ConfigDict, Field, create_model
 
-from bentos import timeouts
+from bentos import runtime
 from fleet import bento_store as store
 from fleet import fastpath, predictions, serving, training
 from fleet.catalog import get_model
@@ -36,10 +35,6 @@ from fleet.settings import Settings
 # upper bound on one request inside the service (a full batch on a busy worker); the
 # gateway's own per-model timeout (settings.model_timeout_s) is far shorter
 REQUEST_TIMEOUT_S = 30
-# a declared media type: without one BentoML builds the answer's JSON schema for every
-# response to find it (a tenth of a worker's CPU under load)
-JSON = ContentType("application/json")
-
 # prometheus_client must be imported in the worker after BentoML has set
 # PROMETHEUS_MULTIPROC_DIR, so the counters are made on first use, once per process
 _COUNTERS: dict[str, Any] = {}
@@ -217,7 +212,7 @@ def make_service(model_name: str) -> Any:
     @bentoml.asgi_app(metadata_app, path="/")
     class ModelService:
         def __init__(self) -> None:
-            timeouts.cancel_request_timers()
+            runtime.cancel_request_timers()
             if tag is None:
                 raise store.StoreError(
                     f"{store.TAG_ENV} is not set: the {spec.name} service serves one pinned "
@@ -278,7 +273,7 @@ def make_service(model_name: str) -> Any:
             self,
             record: record_type,  # type: ignore[valid-type]
             ctx: bentoml.Context,
-        ) -> Annotated[dict[str, Any], JSON]:
+        ) -> Annotated[dict[str, Any], runtime.JSON]:
             """Predict one record; the answer names the model version that served it.
 
             Logged with the request id of header ``X-Request-ID`` (made when absent, and
@@ -292,7 +287,7 @@ def make_service(model_name: str) -> Any:
             self,
             ctx: bentoml.Context,
             records: list[record_type],  # type: ignore[valid-type]
-        ) -> Annotated[dict[str, Any], JSON]:
+        ) -> Annotated[dict[str, Any], runtime.JSON]:
             """Predict a list of records, answers in request order.
 
             Each record is logged under ``<X-Request-ID>:<index>``, or under its own id when

@@ -48,11 +48,10 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.exceptions import InvalidArgument
-from bentoml.validators import ContentType
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from bentos import timeouts
+from bentos import runtime
 from fleet import backends, fastpath, predictions, routing, serving
 from fleet.catalog import get_model
 from fleet.guard import Guard
@@ -108,16 +107,11 @@ def _routes(value: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-# a declared media type: without one BentoML builds the answer's JSON schema for every
-# response to find it (a tenth of a gateway worker's CPU under load)
-JSON = ContentType("application/json")
-
-
 @bentoml.asgi_app(info_app, path="/")
 @bentoml.service(name="gateway", traffic={"timeout": 60})
 class Service:
     def __init__(self) -> None:
-        timeouts.cancel_request_timers()
+        runtime.cancel_request_timers()
         self.settings = Settings()
         self.started_as = os.environ.get(MODE_ENV, "micro")
         if self.started_as not in MODES:
@@ -173,7 +167,7 @@ class Service:
         return "hybrid" if len(kinds) > 1 else "micro"
 
     @bentoml.api(input_spec=GatewayRequest)
-    async def predict(self, **request: Any) -> Annotated[dict[str, Any], JSON]:
+    async def predict(self, **request: Any) -> Annotated[dict[str, Any], runtime.JSON]:
         """Predictions of every model the request needs; per-model errors for the rest."""
         received = routing.utcnow()
         start = time.perf_counter()

@@ -9,7 +9,7 @@ from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from bentos import timeouts
+from bentos import runtime
 
 
 async def _serve(middleware: TimeoutMiddleware, requests: int) -> list[dict[str, Any]]:
@@ -38,7 +38,7 @@ def _armed_timers(middleware: TimeoutMiddleware) -> list[asyncio.TimerHandle]:
 
 
 def test_a_request_timer_ends_with_its_request_and_a_slow_one_still_gets_504() -> None:
-    timeouts.cancel_request_timers()
+    runtime.cancel_request_timers()
 
     async def quick(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
